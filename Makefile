@@ -1,0 +1,25 @@
+# Makefile for idem, built with PGXS.
+#
+#   make && make install            build and install into the PostgreSQL found by pg_config
+#   make installcheck               pg_regress, isolation specs and TAP tests against a running server
+#
+# MODULE_big (not MODULES) so that SHLIB_LINK is honoured when libcurl is linked.
+
+MODULE_big = idem
+OBJS = idem.o callsite.o keytable.o keylock.o
+
+EXTENSION = idem
+DATA = idem--1.0.sql
+PGFILEDESC = "idem - idempotency keys for PostgreSQL"
+
+REGRESS = call replay mismatch failure expiry isolation_roles bad_input replayed_flag
+REGRESS_OPTS = --inputdir=sql
+ISOLATION = first_writer_wins rollback_frees_key many_waiters wait_timeout repeatable_read
+ISOLATION_OPTS =
+TAP_TESTS = 1
+
+PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare
+
+PG_CONFIG ?= pg_config
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)

@@ -1,0 +1,82 @@
+/*-------------------------------------------------------------------------
+ *
+ * idem.h
+ *		Declarations shared by the files of the idem extension.
+ *
+ * idem runs a function once per idempotency key and replays its recorded
+ * outcome.  idem.c owns the SQL entry points and the call protocol;
+ * callsite.c resolves and checks the called function; keytable.c reads and
+ * writes idem.records; keylock.c serialises first calls on one key.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef IDEM_H
+#define IDEM_H
+
+#include "postgres.h"
+
+#include "access/htup.h"
+#include "fmgr.h"
+#include "storage/itemptr.h"
+#include "utils/jsonb.h"
+#include "utils/timestamp.h"
+
+/*
+ * SQLSTATEs of class IK ("idempotency key"); the last three characters are
+ * the HTTP status that the IETF Idempotency-Key draft gives the condition.
+ */
+#define ERRCODE_IDEM_INVALID_KEY	MAKE_SQLSTATE('I','K','4','0','0')
+#define ERRCODE_IDEM_KEY_IN_USE		MAKE_SQLSTATE('I','K','4','0','9')
+#define ERRCODE_IDEM_KEY_MISMATCH	MAKE_SQLSTATE('I','K','4','2','2')
+#define ERRCODE_IDEM_NESTED_CALL	MAKE_SQLSTATE('I','K','5','0','8')
+
+/* GUCs, defined in idem.c */
+extern int	idem_ttl;			/* seconds */
+extern int	idem_wait_timeout;	/* milliseconds; 0 = do not wait */
+extern int	idem_max_key_length;	/* characters */
+
+/*
+ * A resolved call of fn: everything idempotent_call needs to check the
+ * arguments, fingerprint the request, invoke fn and turn its result into
+ * jsonb.  Lives in fn_extra of the idempotent_call call site, so it is built
+ * once per call site and query execution.
+ */
+typedef struct CallSite CallSite;
+
+extern CallSite *GetCallSite(FunctionCallInfo fcinfo, Oid fnoid);
+extern uint64 RequestFingerprint(CallSite *site, FunctionCallInfo fcinfo);
+extern Jsonb *InvokeFunction(CallSite *site, FunctionCallInfo fcinfo);
+
+/* What a probe of idem.records found for a (role, key). */
+typedef enum RecordState
+{
+	RECORD_ABSENT,				/* no record */
+	RECORD_LIVE,				/* a committed (or our own) unexpired record */
+	RECORD_EXPIRED,				/* a record past its expiry: counts as absent */
+	RECORD_BUSY					/* another transaction is writing this key */
+} RecordState;
+
+typedef struct RecordProbe
+{
+	RecordState state;
+	TransactionId busy_xid;		/* RECORD_BUSY: the transaction to wait for */
+	ItemPointerData tid;		/* RECORD_LIVE, RECORD_EXPIRED: the row */
+	uint64		request_hash;	/* RECORD_LIVE: the recorded fingerprint */
+	Jsonb	   *outcome;		/* RECORD_LIVE: the recorded outcome */
+} RecordProbe;
+
+extern void ProbeRecord(Oid owner, text *key, TimestampTz now, RecordProbe *probe);
+extern void WriteRecord(Oid owner, text *key, uint64 request_hash, Jsonb *outcome,
+						TimestampTz now, ItemPointer expired_tid);
+
+/* keylock.c */
+extern void LockKey(Oid owner, text *key, TimestampTz deadline);
+extern void UnlockKey(Oid owner, text *key);
+extern void WaitForWriter(TransactionId xid, text *key, TimestampTz deadline);
+extern void EnterKey(Oid owner, text *key);
+extern void LeaveKey(void);
+
+/* Error helpers, idem.c */
+extern char *KeyForMessage(text *key);
+
+#endif							/* IDEM_H */
