@@ -1,0 +1,402 @@
+/*-------------------------------------------------------------------------
+ *
+ * sync_format.c
+ *		The DynamoDB side of idem's sync: item ids, the AttributeValue form
+ *		of outcomes, request bodies, and reading an item back.
+ *
+ * Items follow the record format of Powertools for AWS Lambda (TypeScript)
+ * idempotency, so that a Lambda function using the same key prefix and key
+ * finds a PostgreSQL outcome and returns it without running its handler:
+ *
+ *	id			 <prefix>#<base64 of md5 of the key as a JSON string>
+ *	status		 COMPLETED
+ *	expiration	 the record's expiry, epoch seconds
+ *	data		 the outcome as a native DynamoDB value
+ *
+ * plus pg_role and pg_database, which say where the item came from.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "common/base64.h"
+#include "common/jsonapi.h"
+#include "common/md5.h"
+#include "fmgr.h"
+#include "lib/stringinfo.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/json.h"
+#include "utils/jsonb.h"
+#include "utils/numeric.h"
+
+#include "sync_internal.h"
+
+/* The condition under which Powertools itself may claim an id. */
+#define CLAIM_CONDITION \
+	"attribute_not_exists(#id) OR #expiration < :now OR " \
+	"(#status = :inprogress AND attribute_exists(#in_progress_expiration) " \
+	"AND #in_progress_expiration < :now_ms)"
+
+static bool AppendPlainJson(StringInfo buf, JsonbContainer *av);
+
+/*
+ * Derive the Powertools id of a key: the trimmed prefix, '#', and the base64
+ * md5 of the key written as JavaScript's JSON.stringify writes a string.
+ */
+char *
+SyncItemId(const char *prefix, const char *key)
+{
+	StringInfoData json;
+	StringInfoData id;
+	uint8		digest[16];
+	char		b64[32];
+	const char *errstr = NULL;
+	const char *start = prefix;
+	const char *end = prefix + strlen(prefix);
+	int			len;
+
+	/* JSON.stringify and escape_json agree on every valid UTF-8 string. */
+	initStringInfo(&json);
+	escape_json(&json, key);
+	if (!pg_md5_binary(json.data, json.len, digest, &errstr))
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not compute the MD5 hash of an idempotency key: %s",
+						errstr)));
+	len = pg_b64_encode((const char *) digest, sizeof(digest), b64, sizeof(b64) - 1);
+	if (len < 0)
+		elog(ERROR, "could not encode an MD5 hash in base64");
+	b64[len] = '\0';
+
+	/* Powertools trims the prefix the way String.prototype.trim does. */
+	while (start < end && isspace((unsigned char) *start))
+		start++;
+	while (end > start && isspace((unsigned char) end[-1]))
+		end--;
+
+	initStringInfo(&id);
+	appendBinaryStringInfo(&id, start, end - start);
+	appendStringInfoChar(&id, '#');
+	appendStringInfoString(&id, b64);
+	pfree(json.data);
+	return id.data;
+}
+
+/* Append one jsonb scalar as a DynamoDB AttributeValue. */
+static void
+AppendScalarAttributeValue(StringInfo buf, JsonbValue *v)
+{
+	switch (v->type)
+	{
+		case jbvNull:
+			appendStringInfoString(buf, "{\"NULL\":true}");
+			break;
+		case jbvBool:
+			appendStringInfoString(buf, v->val.boolean ? "{\"BOOL\":true}" : "{\"BOOL\":false}");
+			break;
+		case jbvString:
+			{
+				char	   *s = pnstrdup(v->val.string.val, v->val.string.len);
+
+				appendStringInfoString(buf, "{\"S\":");
+				escape_json(buf, s);
+				appendStringInfoChar(buf, '}');
+				pfree(s);
+			}
+			break;
+		case jbvNumeric:
+			{
+				char	   *n = DatumGetCString(DirectFunctionCall1(numeric_out,
+																	NumericGetDatum(v->val.numeric)));
+
+				appendStringInfoString(buf, "{\"N\":\"");
+				appendStringInfoString(buf, n);
+				appendStringInfoString(buf, "\"}");
+				pfree(n);
+			}
+			break;
+		default:
+			elog(ERROR, "unexpected jsonb value type %d", (int) v->type);
+	}
+}
+
+/*
+ * Append a jsonb document as a DynamoDB AttributeValue: object M, array L,
+ * string S, number N, boolean BOOL, null NULL.
+ */
+void
+SyncAppendAttributeValue(StringInfo buf, JsonbContainer *jc)
+{
+	JsonbIterator *it;
+	JsonbIteratorToken tok;
+	JsonbValue	v;
+	bool		first = true;
+	bool		is_object = JsonContainerIsObject(jc);
+
+	check_stack_depth();
+
+	if (JsonContainerIsScalar(jc))
+	{
+		JsonbValue	scalar;
+
+		if (!JsonbExtractScalar(jc, &scalar))
+			elog(ERROR, "could not extract a jsonb scalar");
+		AppendScalarAttributeValue(buf, &scalar);
+		return;
+	}
+
+	appendStringInfoString(buf, is_object ? "{\"M\":{" : "{\"L\":[");
+	it = JsonbIteratorInit(jc);
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		if (tok == WJB_KEY)
+		{
+			char	   *k = pnstrdup(v.val.string.val, v.val.string.len);
+
+			if (!first)
+				appendStringInfoChar(buf, ',');
+			first = false;
+			escape_json(buf, k);
+			appendStringInfoChar(buf, ':');
+			pfree(k);
+		}
+		else if (tok == WJB_VALUE || tok == WJB_ELEM)
+		{
+			if (tok == WJB_ELEM)
+			{
+				if (!first)
+					appendStringInfoChar(buf, ',');
+				first = false;
+			}
+			if (v.type == jbvBinary)
+				SyncAppendAttributeValue(buf, v.val.binary.data);
+			else
+				AppendScalarAttributeValue(buf, &v);
+		}
+	}
+	appendStringInfoString(buf, is_object ? "}}" : "]}");
+}
+
+/*
+ * Build the body of the conditional PutItem that writes an outcome: the
+ * item may only be written where Powertools could claim the id itself.
+ */
+char *
+SyncPutItemBody(const char *table, const char *id, Jsonb *outcome,
+				int64 expiration, const char *role, const char *database,
+				TimestampTz now)
+{
+	StringInfoData buf;
+	int64		now_ms;
+
+	/* Unix epoch milliseconds of now. */
+	now_ms = (now / 1000) + (int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * 1000;
+
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, "{\"TableName\":");
+	escape_json(&buf, table);
+	appendStringInfoString(&buf, ",\"Item\":{\"id\":{\"S\":");
+	escape_json(&buf, id);
+	appendStringInfo(&buf, "},\"expiration\":{\"N\":\"" INT64_FORMAT "\"}", expiration);
+	appendStringInfoString(&buf, ",\"status\":{\"S\":\"COMPLETED\"},\"data\":");
+	SyncAppendAttributeValue(&buf, &outcome->root);
+	appendStringInfoString(&buf, ",\"pg_role\":{\"S\":");
+	escape_json(&buf, role);
+	appendStringInfoString(&buf, "},\"pg_database\":{\"S\":");
+	escape_json(&buf, database);
+	appendStringInfoString(&buf, "}},\"ConditionExpression\":\"" CLAIM_CONDITION "\"");
+	appendStringInfoString(&buf, ",\"ExpressionAttributeNames\":{\"#id\":\"id\","
+						   "\"#expiration\":\"expiration\",\"#status\":\"status\","
+						   "\"#in_progress_expiration\":\"in_progress_expiration\"}");
+	appendStringInfo(&buf, ",\"ExpressionAttributeValues\":{\":now\":{\"N\":\"" INT64_FORMAT "\"},"
+					 "\":now_ms\":{\"N\":\"" INT64_FORMAT "\"},"
+					 "\":inprogress\":{\"S\":\"INPROGRESS\"}}}",
+					 now_ms / 1000, now_ms);
+	return buf.data;
+}
+
+/* Build the body of a strongly consistent GetItem of one id. */
+char *
+SyncGetItemBody(const char *table, const char *id)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, "{\"TableName\":");
+	escape_json(&buf, table);
+	appendStringInfoString(&buf, ",\"Key\":{\"id\":{\"S\":");
+	escape_json(&buf, id);
+	appendStringInfoString(&buf, "}},\"ConsistentRead\":true}");
+	return buf.data;
+}
+
+/* Return the only key and value of a one-key AttributeValue object. */
+static bool
+AttributeValueParts(JsonbContainer *av, char **type, JsonbValue *value)
+{
+	JsonbIterator *it;
+	JsonbValue	v;
+	int			nkeys = 0;
+
+	if (!JsonContainerIsObject(av))
+		return false;
+	it = JsonbIteratorInit(av);
+	if (JsonbIteratorNext(&it, &v, true) != WJB_BEGIN_OBJECT)
+		return false;
+	while (true)
+	{
+		JsonbIteratorToken tok = JsonbIteratorNext(&it, &v, true);
+
+		if (tok == WJB_END_OBJECT || tok == WJB_DONE)
+			break;
+		if (tok == WJB_KEY)
+		{
+			nkeys++;
+			*type = pnstrdup(v.val.string.val, v.val.string.len);
+		}
+		else if (tok == WJB_VALUE)
+			*value = v;
+	}
+	return nkeys == 1;
+}
+
+/*
+ * Append the plain JSON form of a DynamoDB AttributeValue; false if it holds
+ * something an outcome cannot contain (sets, binary).
+ */
+static bool
+AppendPlainJson(StringInfo buf, JsonbContainer *av)
+{
+	char	   *type;
+	JsonbValue	v;
+
+	if (!AttributeValueParts(av, &type, &v))
+		return false;
+
+	if (strcmp(type, "S") == 0 && v.type == jbvString)
+	{
+		char	   *s = pnstrdup(v.val.string.val, v.val.string.len);
+
+		escape_json(buf, s);
+	}
+	else if (strcmp(type, "N") == 0 && v.type == jbvString)
+	{
+		char	   *s = pnstrdup(v.val.string.val, v.val.string.len);
+		Datum		num;
+
+		/* Normalize through numeric so that 1.0 and 1 read the same. */
+		num = DirectFunctionCall3(numeric_in, CStringGetDatum(s),
+								  ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1));
+		appendStringInfoString(buf, DatumGetCString(DirectFunctionCall1(numeric_out, num)));
+	}
+	else if (strcmp(type, "BOOL") == 0 && v.type == jbvBool)
+		appendStringInfoString(buf, v.val.boolean ? "true" : "false");
+	else if (strcmp(type, "NULL") == 0)
+		appendStringInfoString(buf, "null");
+	else if (strcmp(type, "M") == 0 && v.type == jbvBinary &&
+			 JsonContainerIsObject(v.val.binary.data))
+	{
+		JsonbIterator *it = JsonbIteratorInit(v.val.binary.data);
+		JsonbValue	e;
+		JsonbIteratorToken tok;
+		bool		first = true;
+
+		appendStringInfoChar(buf, '{');
+		while ((tok = JsonbIteratorNext(&it, &e, true)) != WJB_DONE)
+		{
+			if (tok == WJB_KEY)
+			{
+				char	   *k = pnstrdup(e.val.string.val, e.val.string.len);
+
+				if (!first)
+					appendStringInfoChar(buf, ',');
+				first = false;
+				escape_json(buf, k);
+				appendStringInfoChar(buf, ':');
+			}
+			else if (tok == WJB_VALUE)
+			{
+				if (e.type != jbvBinary || !AppendPlainJson(buf, e.val.binary.data))
+					return false;
+			}
+		}
+		appendStringInfoChar(buf, '}');
+	}
+	else if (strcmp(type, "L") == 0 && v.type == jbvBinary &&
+			 JsonContainerIsArray(v.val.binary.data))
+	{
+		JsonbIterator *it = JsonbIteratorInit(v.val.binary.data);
+		JsonbValue	e;
+		JsonbIteratorToken tok;
+		bool		first = true;
+
+		appendStringInfoChar(buf, '[');
+		while ((tok = JsonbIteratorNext(&it, &e, true)) != WJB_DONE)
+		{
+			if (tok == WJB_ELEM)
+			{
+				if (!first)
+					appendStringInfoChar(buf, ',');
+				first = false;
+				if (e.type != jbvBinary || !AppendPlainJson(buf, e.val.binary.data))
+					return false;
+			}
+		}
+		appendStringInfoChar(buf, ']');
+	}
+	else
+		return false;
+	return true;
+}
+
+/*
+ * Read the data attribute of the item in a GetItem answer as jsonb.  *found
+ * says whether the answer held an item at all, *status is its status
+ * attribute (or NULL); NULL is returned when there is no item or its data is
+ * missing or not representable as JSON.
+ */
+Jsonb *
+SyncRemoteData(const char *response, bool *found, char **status)
+{
+	JsonLexContext *lex;
+	Jsonb	   *doc;
+	JsonbValue *item;
+	JsonbValue *data;
+	StringInfoData buf;
+	char	   *copy = pstrdup(response);
+
+	*found = false;
+	*status = NULL;
+
+	/* Check the syntax first: a broken answer must not raise an error. */
+	lex = makeJsonLexContextCstringLen(copy, strlen(copy), PG_UTF8, false);
+	if (pg_parse_json(lex, &nullSemAction) != JSON_SUCCESS)
+		return NULL;
+
+	doc = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(copy)));
+	if (!JB_ROOT_IS_OBJECT(doc))
+		return NULL;
+	item = getKeyJsonValueFromContainer(&doc->root, "Item", 4, NULL);
+	if (item == NULL || item->type != jbvBinary)
+		return NULL;
+	*found = true;
+	data = getKeyJsonValueFromContainer(item->val.binary.data, "status", 6, NULL);
+	if (data != NULL && data->type == jbvBinary)
+	{
+		char	   *type;
+		JsonbValue	v;
+
+		if (AttributeValueParts(data->val.binary.data, &type, &v) &&
+			strcmp(type, "S") == 0 && v.type == jbvString)
+			*status = pnstrdup(v.val.string.val, v.val.string.len);
+	}
+	data = getKeyJsonValueFromContainer(item->val.binary.data, "data", 4, NULL);
+	if (data == NULL || data->type != jbvBinary)
+		return NULL;
+
+	initStringInfo(&buf);
+	if (!AppendPlainJson(&buf, data->val.binary.data))
+		return NULL;
+	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
+}
