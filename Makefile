@@ -6,7 +6,9 @@
 # MODULE_big (not MODULES) so that SHLIB_LINK is honoured when libcurl is linked.
 
 MODULE_big = idem
-OBJS = idem.o callsite.o keytable.o keylock.o
+OBJS = idem.o callsite.o keytable.o keylock.o \
+	sync.o sync_format.o sync_worker.o dynamodb.o
+SHLIB_LINK += -lcurl
 
 EXTENSION = idem
 DATA = idem--1.0.sql

@@ -103,3 +103,128 @@ REVOKE ALL ON FUNCTION idem.purge(integer) FROM PUBLIC;
 
 COMMENT ON FUNCTION idem.purge(integer) IS
     'delete at most max_rows expired idempotency records; returns how many were deleted';
+
+-- DynamoDB sync
+--
+-- With idem.dynamodb_table set, every first execution also queues its
+-- outcome here, in the caller's transaction: the row commits or vanishes
+-- with the record.  The sync worker (shared_preload_libraries = 'idem')
+-- delivers the rows of the database named by idem.dynamodb_database as
+-- Powertools idempotency items.  States: pending (waiting or on the wire),
+-- delivered, failed (permanent error; see idem.sync_retry_failed()),
+-- conflict (the item holds another outcome; remote_outcome shows it).
+CREATE TABLE idem.sync_outbox (
+    id bigint GENERATED ALWAYS AS IDENTITY,
+    created_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    expires_at timestamptz NOT NULL,
+    next_attempt_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    delivered_at timestamptz,
+    attempts integer NOT NULL DEFAULT 0,
+    owner regrole NOT NULL,
+    state text NOT NULL DEFAULT 'pending'
+        CHECK (state IN ('pending', 'delivered', 'failed', 'conflict')),
+    key_prefix text NOT NULL,
+    key text COLLATE "C" NOT NULL,
+    outcome jsonb NOT NULL,
+    remote_outcome jsonb,
+    last_error text,
+    CONSTRAINT sync_outbox_pkey PRIMARY KEY (id)
+) USING heap;
+
+CREATE INDEX sync_outbox_due ON idem.sync_outbox (next_attempt_at, id)
+    WHERE state = 'pending';
+
+REVOKE ALL ON TABLE idem.sync_outbox FROM PUBLIC;
+
+COMMENT ON TABLE idem.sync_outbox IS
+    'outcomes queued for DynamoDB, written in the transaction that recorded them';
+
+CREATE FUNCTION idem.sync_worker_state(OUT worker_pid integer, OUT in_flight integer,
+                                       OUT requests_sent bigint, OUT last_error text,
+                                       OUT last_error_at timestamptz)
+RETURNS record
+AS 'MODULE_PATHNAME', 'sync_worker_state'
+LANGUAGE C STRICT VOLATILE PARALLEL RESTRICTED;
+
+REVOKE ALL ON FUNCTION idem.sync_worker_state() FROM PUBLIC;
+
+CREATE FUNCTION idem.sync_wakeup()
+RETURNS void
+AS 'MODULE_PATHNAME', 'sync_wakeup'
+LANGUAGE C STRICT VOLATILE PARALLEL UNSAFE;
+
+REVOKE ALL ON FUNCTION idem.sync_wakeup() FROM PUBLIC;
+
+COMMENT ON FUNCTION idem.sync_wakeup() IS
+    'wake the DynamoDB sync worker when the current transaction commits';
+
+CREATE FUNCTION idem.sync_item_id(key_prefix text, key text)
+RETURNS text
+AS 'MODULE_PATHNAME', 'sync_item_id'
+LANGUAGE C STRICT IMMUTABLE PARALLEL SAFE;
+
+COMMENT ON FUNCTION idem.sync_item_id(text, text) IS
+    'the Powertools idempotency id of a key: prefix#base64(md5(JSON string of the key))';
+
+CREATE FUNCTION idem.sync_put_item_request(key_prefix text, key text, outcome jsonb,
+                                           expires_at timestamptz)
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'sync_put_item_request'
+LANGUAGE C STRICT VOLATILE PARALLEL SAFE;
+
+COMMENT ON FUNCTION idem.sync_put_item_request(text, text, jsonb, timestamptz) IS
+    'the conditional DynamoDB PutItem request the sync worker sends for an outcome';
+
+-- Requeue the outbox rows that failed permanently (and, if asked, the
+-- conflicts), once their cause is fixed.  Returns how many were requeued.
+CREATE FUNCTION idem.sync_retry_failed(include_conflicts boolean DEFAULT false)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    requeued bigint;
+BEGIN
+    UPDATE idem.sync_outbox
+       SET state = 'pending', next_attempt_at = clock_timestamp(),
+           last_error = NULL, remote_outcome = NULL
+     WHERE state = 'failed' OR (include_conflicts AND state = 'conflict');
+    GET DIAGNOSTICS requeued = ROW_COUNT;
+    IF requeued > 0 THEN
+        PERFORM idem.sync_wakeup();
+    END IF;
+    RETURN requeued;
+END
+$$;
+
+REVOKE ALL ON FUNCTION idem.sync_retry_failed(boolean) FROM PUBLIC;
+
+COMMENT ON FUNCTION idem.sync_retry_failed(boolean) IS
+    'requeue outcomes whose delivery to DynamoDB failed permanently (and conflicts, if asked)';
+
+-- pending counts rows waiting or on the wire; in_flight those on the wire.
+CREATE VIEW idem.sync_status AS
+SELECT s.pending,
+       w.in_flight,
+       s.delivered,
+       s.failed,
+       s.conflicts,
+       s.oldest_pending_age,
+       w.last_error,
+       w.last_error_at,
+       w.requests_sent,
+       w.worker_pid
+  FROM (SELECT count(*) FILTER (WHERE o.state = 'pending') AS pending,
+               count(*) FILTER (WHERE o.state = 'delivered') AS delivered,
+               count(*) FILTER (WHERE o.state = 'failed') AS failed,
+               count(*) FILTER (WHERE o.state = 'conflict') AS conflicts,
+               pg_catalog.clock_timestamp()
+                 OPERATOR(pg_catalog.-) min(o.created_at) FILTER (WHERE o.state = 'pending')
+                 AS oldest_pending_age
+          FROM idem.sync_outbox o) s,
+       idem.sync_worker_state() w;
+
+REVOKE ALL ON idem.sync_status FROM PUBLIC;
+
+COMMENT ON VIEW idem.sync_status IS
+    'progress of the DynamoDB sync: queue sizes, conflicts, age of the oldest pending outcome, last error';

@@ -32,6 +32,8 @@
 #include "utils/builtins.h"
 #include "utils/guc.h"
 
+#include "sync.h"
+
 PG_MODULE_MAGIC;
 
 int			idem_ttl = 86400;
@@ -74,6 +76,7 @@ _PG_init(void)
 							255, 1, 512,
 							PGC_USERSET, 0,
 							NULL, NULL, NULL);
+	SyncInit();
 #if PG_VERSION_NUM >= 150000
 	MarkGUCPrefixReserved("idem");
 #else
@@ -236,8 +239,10 @@ idempotent_call(PG_FUNCTION_ARGS)
 	outcome = RunFunction(site, values, nulls,
 						  OidIsValid(PG_GET_COLLATION()) ? PG_GET_COLLATION() : DEFAULT_COLLATION_OID,
 						  owner, key);
-	WriteRecord(owner, key, request_hash, outcome, GetCurrentTimestamp(),
+	now = GetCurrentTimestamp();
+	WriteRecord(owner, key, request_hash, outcome, now,
 				probe.state == RECORD_EXPIRED ? &probe.tid : NULL);
+	SyncRecordOutcome(owner, key, outcome, now + (TimestampTz) idem_ttl * USECS_PER_SEC);
 	UnlockKey(owner, key);
 	last_call_state = 0;
 	PG_RETURN_JSONB_P(outcome);
