@@ -240,8 +240,10 @@ DynamoSend(DynamoClient *client, const char *operation, const char *body,
 	snprintf(target, sizeof(target), "X-Amz-Target: DynamoDB_20120810.%s", operation);
 	req->headers = curl_slist_append(req->headers, "Content-Type: application/x-amz-json-1.0");
 	req->headers = curl_slist_append(req->headers, target);
-	/* libcurl 7.88 signs an Expect header it then drops: send none. */
-	req->headers = curl_slist_append(req->headers, "Expect:");
+	/*
+	 * No Expect header of our own: libcurl 7.88 signs an "Expect:" line that
+	 * it then leaves out of the request, which breaks the signature.
+	 */
 	if (client->token_header)
 		req->headers = curl_slist_append(req->headers, client->token_header);
 

@@ -243,7 +243,7 @@ FetchJobs(TimestampTz *next_due, bool *outbox_missing)
 	args[1] = Int32GetDatum(want);
 	ret = SPI_execute_with_args("SELECT o.id, o.attempts, o.key_prefix, o.key, o.outcome, "
 								"  pg_catalog.floor(pg_catalog.date_part('epoch', o.expires_at))::int8, "
-								"  pg_catalog.pg_get_userbyid(o.owner) "
+								"  pg_catalog.pg_get_userbyid(o.owner)::text "
 								"FROM idem.sync_outbox o "
 								"WHERE o.state = 'pending' "
 								"  AND o.next_attempt_at <= pg_catalog.clock_timestamp() "
