@@ -14,6 +14,9 @@
  *	                                         own code derives for each
  * Credentials come from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and
  * AWS_SESSION_TOKEN; the region from AWS_REGION (default us-east-1).
+ * DYN_TAMPER spoils a request after signing, to check that the proxy
+ * notices: unsigned-header (adds X-Amz-Meta-Extra), bad-signature (flips
+ * a digit of the signature), body (changes the body).
  */
 'use strict';
 
@@ -43,6 +46,14 @@ function call(endpoint, op, payload)
 		secretAccessKey: process.env.AWS_SECRET_ACCESS_KEY,
 		sessionToken: process.env.AWS_SESSION_TOKEN || undefined,
 	});
+	let sent = body;
+	if (process.env.DYN_TAMPER === 'unsigned-header')
+		req.headers['X-Amz-Meta-Extra'] = 'not signed';
+	else if (process.env.DYN_TAMPER === 'bad-signature')
+		req.headers.Authorization = req.headers.Authorization.replace(/Signature=(.)/,
+			(m, c) => 'Signature=' + (c === '0' ? '1' : '0'));
+	else if (process.env.DYN_TAMPER === 'body')
+		sent = body.replace('{', '{ ');
 	return new Promise((resolve, reject) => {
 		const r = http.request({
 			host: u.hostname, port: u.port, method: 'POST', path: '/',
@@ -59,7 +70,7 @@ function call(endpoint, op, payload)
 			});
 		});
 		r.on('error', reject);
-		r.end(body);
+		r.end(sent);
 	});
 }
 

@@ -53,6 +53,7 @@ const creds = {
 };
 
 const stats = {
+	connections: 0,
 	requests: 0,
 	forwarded: 0,
 	rejected: 0,
@@ -207,6 +208,7 @@ const server = http.createServer((req, res) => {
 	req.on('data', (c) => chunks.push(c));
 	req.on('end', () => handle(req, res, Buffer.concat(chunks).toString('utf8')));
 });
+server.on('connection', () => { stats.connections++; });
 server.keepAliveTimeout = 60000;
 server.listen(port, '127.0.0.1', () => console.log(`proxy listening at http://127.0.0.1:${port}`));
 
