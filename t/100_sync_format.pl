@@ -37,7 +37,9 @@ sub lit
 		elsif ($o < 0x20 || $o == 0x7f) { $out .= sprintf('\\x%02x', $o); }
 		else { $out .= $c; }
 	}
-	return "E'$out'";
+	$out = "E'$out'";
+	utf8::encode($out);
+	return $out;
 }
 
 # Awkward keys: JSON escapes, controls, non-ASCII, long.
@@ -58,7 +60,7 @@ my @keys = (
 	{
 		my $ours = $node->safe_psql('postgres',
 			'SELECT idem.sync_item_id(' . lit('  my-fn ') . ', ' . lit($keys[$i]) . ')');
-		is($ours, $pt[$i], 'id of key ' . $json->encode($keys[$i]) . ' matches Powertools');
+		is($ours, $pt[$i], 'id of key ' . JSON::PP->new->ascii->allow_nonref->encode($keys[$i]) . ' matches Powertools');
 	}
 	is($node->safe_psql('postgres', q{SELECT idem.sync_item_id('my-fn', 'ord-42')}),
 		'my-fn#KJ5isyYulqGw38uvVwu96w==', 'known Powertools id of ord-42');
@@ -91,6 +93,7 @@ $node->safe_psql('postgres', $sql);
 # Key prefix per role, captured at call time.
 $node->safe_psql('postgres', q{
 CREATE ROLE alice LOGIN;
+GRANT USAGE ON SCHEMA idem TO alice;
 ALTER ROLE alice SET idem.dynamodb_key_prefix = ' alice-fn ';
 });
 $node->safe_psql('postgres',
@@ -108,6 +111,7 @@ SELECT idem.sync_item_id(o.key_prefix, o.key),
        r.outcome::text
   FROM idem.sync_outbox o JOIN idem.records r USING (owner, key)
  ORDER BY o.id});
+utf8::decode($rows);
 my @rows = map { [ split /\|/, $_, 4 ] } split /\n/, $rows;
 is(scalar(@rows), scalar(@keys) + 1, 'one outbox row per committed outcome');
 is(scalar(@$items), scalar(@rows), 'one item per committed outcome');
@@ -125,7 +129,8 @@ for my $r (@rows)
 	my $data = SyncTest::av_to_json($item->{data});
 	my $same = $node->safe_psql('postgres',
 		'SELECT ' . lit($data) . '::jsonb = ' . lit($outcome) . '::jsonb');
-	is($same, 't', "$id: data is the outcome as native DynamoDB values");
+	is($same, 't', "$id: data is the outcome as native DynamoDB values")
+	  or diag("item data: $data\noutcome:   $outcome");
 	is(join(',', sort keys %$item), 'data,expiration,id,pg_database,pg_role,status',
 		"$id: no other attributes");
 }

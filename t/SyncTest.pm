@@ -239,6 +239,8 @@ SELECT string_agg(idem.sync_item_id(o.key_prefix, o.key), ',' ORDER BY o.id)
 
 END
 {
+	# Keep the test's exit status: waitpid sets $?.
+	local $?;
 	for my $pid (@children)
 	{
 		kill 'KILL', $pid;
