@@ -32,6 +32,7 @@
 #include "storage/lwlock.h"
 #include "storage/proc.h"
 #include "storage/shmem.h"
+#include "tcop/tcopprot.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
@@ -63,6 +64,14 @@ static SPIPlanPtr insert_plan = NULL;
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 #endif
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+static emit_log_hook_type prev_emit_log_hook = NULL;
+
+/* The settings whose values never go to the server log. */
+static const char *const secret_settings[] = {
+	"idem.dynamodb_access_key_id",
+	"idem.dynamodb_secret_access_key",
+	"idem.dynamodb_session_token",
+};
 
 PG_FUNCTION_INFO_V1(sync_worker_state);
 PG_FUNCTION_INFO_V1(sync_wakeup);
@@ -117,6 +126,96 @@ CheckEndpoint(char **newval, void **extra, GucSource source)
 		return true;
 	GUC_check_errdetail("The endpoint must be an http:// or https:// URL.");
 	return false;
+}
+
+/* Replace every occurrence of secret in *text by a mask. */
+static void
+MaskSecret(char **text, const char *secret)
+{
+	StringInfoData out;
+	const char *p;
+	const char *hit;
+	size_t		len;
+
+	if (*text == NULL || secret == NULL || strlen(secret) < 4)
+		return;
+	if (strstr(*text, secret) == NULL)
+		return;
+	len = strlen(secret);
+	initStringInfo(&out);
+	for (p = *text; (hit = strstr(p, secret)) != NULL; p = hit + len)
+	{
+		appendBinaryStringInfo(&out, p, hit - p);
+		appendStringInfoString(&out, "********");
+	}
+	appendStringInfoString(&out, p);
+	*text = out.data;
+}
+
+/* Cut a message after the name of a secret setting it mentions. */
+static void
+CutAfterSecretSetting(char **text, bool *cut)
+{
+	if (*text == NULL)
+		return;
+	for (int i = 0; i < lengthof(secret_settings); i++)
+	{
+		const char *hit = strstr(*text, secret_settings[i]);
+
+		if (hit != NULL)
+		{
+			size_t		keep = (hit - *text) + strlen(secret_settings[i]);
+
+			*text = psprintf("%.*s ... (value hidden by idem)", (int) keep, *text);
+			*cut = true;
+			return;
+		}
+	}
+}
+
+/*
+ * Keep AWS credentials out of the server log: PostgreSQL itself logs the
+ * new value of a setting changed by a reload, and log_statement may log an
+ * ALTER SYSTEM that sets one.
+ */
+static void
+SyncEmitLogHook(ErrorData *edata)
+{
+	const char *secrets[5];
+	bool		cut = false;
+
+	secrets[0] = sync_secret_access_key;
+	secrets[1] = sync_session_token;
+	secrets[2] = getenv("AWS_SECRET_ACCESS_KEY");
+	secrets[3] = getenv("AWS_SESSION_TOKEN");
+	secrets[4] = NULL;
+
+	CutAfterSecretSetting(&edata->message, &cut);
+	CutAfterSecretSetting(&edata->detail, &cut);
+	CutAfterSecretSetting(&edata->context, &cut);
+	for (int i = 0; secrets[i] != NULL || i < 4; i++)
+	{
+		if (secrets[i] == NULL)
+			continue;
+		MaskSecret(&edata->message, secrets[i]);
+		MaskSecret(&edata->detail, secrets[i]);
+		MaskSecret(&edata->detail_log, secrets[i]);
+		MaskSecret(&edata->hint, secrets[i]);
+		MaskSecret(&edata->context, secrets[i]);
+		MaskSecret(&edata->internalquery, secrets[i]);
+	}
+	/* The statement text is printed separately: hide it if it names one. */
+	if (debug_query_string != NULL)
+	{
+		for (int i = 0; i < lengthof(secret_settings); i++)
+			if (strstr(debug_query_string, secret_settings[i] + 5) != NULL)
+				edata->hide_stmt = true;
+	}
+	if (cut)
+		edata->hide_stmt = true;
+
+	if (prev_emit_log_hook)
+		prev_emit_log_hook(edata);
 }
 
 /* Size of the shared state. */
@@ -212,6 +311,9 @@ SyncInit(void)
 							"Longest pause between two attempts to deliver an outcome.",
 							NULL, &sync_retry_max_delay, 60000, 10, 3600000,
 							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+
+	prev_emit_log_hook = emit_log_hook;
+	emit_log_hook = SyncEmitLogHook;
 
 	if (process_shared_preload_libraries_in_progress)
 	{

@@ -16,7 +16,7 @@
  * AWS_SESSION_TOKEN; the region from AWS_REGION (default us-east-1).
  * DYN_TAMPER spoils a request after signing, to check that the proxy
  * notices: unsigned-header (adds X-Amz-Meta-Extra), bad-signature (flips
- * a digit of the signature), body (changes the body).
+ * a digit of the signature), body (changes a byte of the body).
  */
 'use strict';
 
@@ -53,7 +53,7 @@ function call(endpoint, op, payload)
 		req.headers.Authorization = req.headers.Authorization.replace(/Signature=(.)/,
 			(m, c) => 'Signature=' + (c === '0' ? '1' : '0'));
 	else if (process.env.DYN_TAMPER === 'body')
-		sent = body.replace('{', '{ ');
+		sent = body.slice(0, -2) + ' ' + body.slice(-1);
 	return new Promise((resolve, reject) => {
 		const r = http.request({
 			host: u.hostname, port: u.port, method: 'POST', path: '/',
