@@ -631,6 +631,9 @@ SyncWorkerMain(Datum main_arg)
 
 		while (DynamoNextResult(client, &res))
 			HandleResult(&res);
+		/* Freed slots and rescheduled retries call for a fresh look. */
+		if (nverdicts > 0)
+			need_fetch = true;
 		ApplyVerdicts();
 	}
 }
