@@ -163,7 +163,8 @@ ProbeRecord(Oid owner, text *key, TimestampTz now, RecordProbe *probe)
 
 			if (IsolationUsesXactSnapshot() &&
 				!TransactionIdIsCurrentTransactionId(xmin) &&
-				XidInMVCCSnapshot(xmin, GetActiveSnapshot()))
+				XidInMVCCSnapshot(xmin, ActiveSnapshotSet() ?
+								  GetActiveSnapshot() : GetTransactionSnapshot()))
 				ereport(ERROR,
 						(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
 						 errmsg("could not serialize access due to a concurrent idempotent call with key \"%s\"",
