@@ -183,6 +183,7 @@ idempotent_call(PG_FUNCTION_ARGS)
 	RecordProbe probe;
 	TimestampTz now;
 	TimestampTz deadline = 0;
+	TimestampTz expires_at;
 	bool		locked = false;
 	Jsonb	   *outcome;
 
@@ -236,7 +237,10 @@ idempotent_call(PG_FUNCTION_ARGS)
 	outcome = RunFunction(site, values, nulls,
 						  OidIsValid(PG_GET_COLLATION()) ? PG_GET_COLLATION() : DEFAULT_COLLATION_OID,
 						  owner, key);
-	WriteRecord(owner, key, request_hash, outcome, GetCurrentTimestamp(),
+	/* read idem.ttl after fn, so that a SET LOCAL in fn applies as well */
+	now = GetCurrentTimestamp();
+	expires_at = now + (TimestampTz) idem_ttl * USECS_PER_SEC;
+	WriteRecord(owner, key, request_hash, outcome, now, expires_at,
 				probe.state == RECORD_EXPIRED ? &probe.tid : NULL);
 	UnlockKey(owner, key);
 	last_call_state = 0;
