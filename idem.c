@@ -106,6 +106,7 @@ CheckKey(FunctionCallInfo fcinfo)
 		ereport(ERROR,
 				(errcode(ERRCODE_IDEM_INVALID_KEY),
 				 errmsg("idempotency key must not be null"),
+				 errdetail("The key is what tells a retry of a request from a new request."),
 				 errhint("Pass the key the client sent with the request, such as its Idempotency-Key header.")));
 	key = PG_GETARG_TEXT_PP(0);
 	bytes = VARSIZE_ANY_EXHDR(key);
@@ -113,6 +114,7 @@ CheckKey(FunctionCallInfo fcinfo)
 		ereport(ERROR,
 				(errcode(ERRCODE_IDEM_INVALID_KEY),
 				 errmsg("idempotency key must not be empty"),
+				 errdetail("The key is what tells a retry of a request from a new request."),
 				 errhint("Pass the key the client sent with the request, such as its Idempotency-Key header.")));
 	/* a key has at most as many characters as bytes */
 	if (bytes > idem_max_key_length)
@@ -194,6 +196,7 @@ idempotent_call(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("function of idempotent call with key \"%s\" must not be null",
 						KeyForMessage(key)),
+				 errdetail("idem.idempotent_call needs the function to run on the first call."),
 				 errhint("Name the function with its argument types, for example 'shop.place_order(jsonb)'.")));
 	site = GetCallSite(fcinfo, PG_GETARG_OID(1));
 	ReadArguments(site, fcinfo, values, nulls);
