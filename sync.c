@@ -158,7 +158,7 @@ CutAfterSecretSetting(char **text, bool *cut)
 {
 	if (*text == NULL)
 		return;
-	for (int i = 0; i < lengthof(secret_settings); i++)
+	for (size_t i = 0; i < lengthof(secret_settings); i++)
 	{
 		const char *hit = strstr(*text, secret_settings[i]);
 
@@ -207,7 +207,7 @@ SyncEmitLogHook(ErrorData *edata)
 	/* The statement text is printed separately: hide it if it names one. */
 	if (debug_query_string != NULL)
 	{
-		for (int i = 0; i < lengthof(secret_settings); i++)
+		for (size_t i = 0; i < lengthof(secret_settings); i++)
 			if (strstr(debug_query_string, secret_settings[i] + 5) != NULL)
 				edata->hide_stmt = true;
 	}
