@@ -280,10 +280,12 @@ SyncInit(void)
 							   "Set it per role or database to match the Lambda function's keyPrefix.",
 							   &sync_key_prefix, "idem",
 							   PGC_SUSET, 0, NULL, NULL, NULL);
+	/* SIGHUP, not POSTMASTER: idem may also be loaded after startup. */
 	DefineCustomStringVariable("idem.dynamodb_database",
 							   "Database whose idem.sync_outbox the sync worker delivers.",
-							   NULL, &sync_database, "postgres",
-							   PGC_POSTMASTER, 0, NULL, NULL, NULL);
+							   "After a change, the worker restarts to connect to the new database.",
+							   &sync_database, "postgres",
+							   PGC_SIGHUP, 0, NULL, NULL, NULL);
 	DefineCustomStringVariable("idem.dynamodb_access_key_id",
 							   "AWS access key id for DynamoDB; empty means AWS_ACCESS_KEY_ID.",
 							   NULL, &sync_access_key_id, "",

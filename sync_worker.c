@@ -98,6 +98,7 @@ static int	njobs = 0;
 static int	maxjobs = 0;
 static DynamoClient *client = NULL;
 static char *database_name = NULL;
+static char *connected_database = NULL;	/* idem.dynamodb_database at start */
 static Verdict *verdicts;
 static int	nverdicts = 0;
 static MemoryContext loop_cxt;
@@ -533,7 +534,8 @@ SyncWorkerMain(Datum main_arg)
 	SpinLockRelease(&sync_shared->mutex);
 	before_shmem_exit(SyncWorkerDetach, 0);
 
-	BackgroundWorkerInitializeConnection(sync_database, NULL, 0);
+	connected_database = MemoryContextStrdup(TopMemoryContext, sync_database);
+	BackgroundWorkerInitializeConnection(connected_database, NULL, 0);
 	/* Resolve every name of the worker's queries in pg_catalog first. */
 	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
 
@@ -558,6 +560,14 @@ SyncWorkerMain(Datum main_arg)
 		{
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
+			if (strcmp(sync_database, connected_database) != 0)
+			{
+				/* Exit code 1: the postmaster starts a new worker for it. */
+				ereport(LOG,
+						(errmsg("idem DynamoDB sync worker restarting to connect to database \"%s\"",
+								sync_database)));
+				proc_exit(1);
+			}
 			ResetClient();
 			need_fetch = true;
 		}
