@@ -202,6 +202,28 @@ REVOKE ALL ON FUNCTION idem.sync_retry_failed(boolean) FROM PUBLIC;
 COMMENT ON FUNCTION idem.sync_retry_failed(boolean) IS
     'requeue outcomes whose delivery to DynamoDB failed permanently (and conflicts, if asked)';
 
+-- Delete outbox rows delivered more than older_than ago; returns how many.
+-- The outbox keeps delivered rows until then, for inspection.
+CREATE FUNCTION idem.sync_purge_delivered(older_than interval DEFAULT '1 day')
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    purged bigint;
+BEGIN
+    DELETE FROM idem.sync_outbox
+     WHERE state = 'delivered' AND delivered_at <= clock_timestamp() - older_than;
+    GET DIAGNOSTICS purged = ROW_COUNT;
+    RETURN purged;
+END
+$$;
+
+REVOKE ALL ON FUNCTION idem.sync_purge_delivered(interval) FROM PUBLIC;
+
+COMMENT ON FUNCTION idem.sync_purge_delivered(interval) IS
+    'delete outbox rows delivered to DynamoDB more than older_than ago';
+
 -- pending counts rows waiting or on the wire; in_flight those on the wire.
 CREATE VIEW idem.sync_status AS
 SELECT s.pending,

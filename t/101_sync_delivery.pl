@@ -89,6 +89,20 @@ ok(!$ids{$_}, "rolled-back call wrote no item $_") for split /,/, $rolled;
 ok($ids{ $node->safe_psql('postgres', q{SELECT idem.sync_item_id('idem', 'kept')}) },
 	'the call before the savepoint was delivered');
 is($node->safe_psql('postgres', 'SELECT delivered FROM idem.sync_status'), '201', 'sync_status counts deliveries');
+is($node->safe_psql('postgres', q{SELECT idem.sync_purge_delivered('0 seconds')}), '201',
+	'sync_purge_delivered removes delivered rows');
+is($node->safe_psql('postgres', 'SELECT count(*) FROM idem.sync_outbox'), '0', 'the outbox is empty');
+
+# Woken at commit, not by polling: an idle worker does not read the outbox.
+my $scans = q{SELECT coalesce(seq_scan, 0) + coalesce(idx_scan, 0) FROM pg_stat_user_tables WHERE relid = 'idem.sync_outbox'::regclass};
+$node->safe_psql('postgres', 'SELECT pg_sleep(1.5)');
+my $idle0 = $node->safe_psql('postgres', $scans);
+$node->safe_psql('postgres', 'SELECT pg_sleep(3)');
+is($node->safe_psql('postgres', $scans), $idle0, 'an idle worker does not poll the outbox');
+$node->safe_psql('postgres', q{SELECT idem.idempotent_call('wake-up', 'public.echo(jsonb)'::regprocedure, '1'::jsonb)});
+ok(SyncTest::wait_delivered($node), 'a commit wakes the idle worker');
+$node->safe_psql('postgres', 'SELECT pg_sleep(1.5)');
+cmp_ok($node->safe_psql('postgres', $scans), '>', $idle0, 'the woken worker read the outbox');
 
 # Keep-alive: far fewer connections than requests.
 my $stats = $dyn->stats;
