@@ -15,6 +15,7 @@
  */
 #include "postgres.h"
 
+#include <dlfcn.h>
 #include <math.h>
 
 #include "access/htup_details.h"
@@ -257,6 +258,21 @@ SyncShmemStartup(void)
 }
 
 /*
+ * The file this code was loaded from, so that the worker loads the same one
+ * even when shared_preload_libraries names it by path; "idem" if unknown.
+ */
+static const char *
+OwnLibraryPath(void)
+{
+	Dl_info		info;
+
+	if (dladdr((void *) SyncInit, &info) != 0 && info.dli_fname != NULL &&
+		info.dli_fname[0] == '/' && strlen(info.dli_fname) < BGW_MAXLEN)
+		return info.dli_fname;
+	return "idem";
+}
+
+/*
  * Define the idem.dynamodb_* settings and, when loaded at server start,
  * reserve shared memory and register the sync worker.
  */
@@ -334,7 +350,7 @@ SyncInit(void)
 		worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
 		worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
 		worker.bgw_restart_time = 2;
-		strlcpy(worker.bgw_library_name, "idem", BGW_MAXLEN);
+		strlcpy(worker.bgw_library_name, OwnLibraryPath(), BGW_MAXLEN);
 		strlcpy(worker.bgw_function_name, "SyncWorkerMain", BGW_MAXLEN);
 		strlcpy(worker.bgw_name, "idem DynamoDB sync", BGW_MAXLEN);
 		strlcpy(worker.bgw_type, "idem DynamoDB sync", BGW_MAXLEN);

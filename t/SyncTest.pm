@@ -189,6 +189,17 @@ sub pg_node
 	my ($self, $name, $extra) = @_;
 	my $node = PostgreSQL::Test::Cluster->new($name);
 	$node->init;
+	# Installed below IDEM_DESTDIR (scripts/test.sh): load idem from there,
+	# preloaded library and extension alike.
+	if ($ENV{IDEM_DESTDIR})
+	{
+		my $pkglibdir = `pg_config --pkglibdir`;
+		chomp $pkglibdir;
+		$node->append_conf('postgresql.conf', qq{
+extension_destdir = '$ENV{IDEM_DESTDIR}'
+dynamic_library_path = '$ENV{IDEM_DESTDIR}$pkglibdir:\$libdir'
+});
+	}
 	$node->append_conf('postgresql.conf', qq{
 shared_preload_libraries = 'idem'
 idem.dynamodb_table = '$TABLE'
