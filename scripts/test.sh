@@ -15,6 +15,8 @@ set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 bash "$root/scripts/setup.sh"
+# node, dynalite and the SigV4-checking proxy of the DynamoDB sync tests
+sh "$root/test/dynamo/install.sh"
 # shellcheck source=cluster.sh
 source "$root/scripts/cluster.sh"
 
