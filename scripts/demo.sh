@@ -2,13 +2,16 @@
 # demo.sh: install idem and show it working on a throwaway local cluster.
 #
 # Installs the packages idem needs, builds and installs the extension into
-# this machine's PostgreSQL 15, starts a scratch cluster listening only on a
-# unix socket, and shows a retried call running once and a concurrent retry
-# receiving the first call's outcome.  The cluster is removed at the end.
+# this machine's PostgreSQL 15, starts a local DynamoDB (dynalite, on
+# 127.0.0.1) and a scratch cluster listening only on a unix socket, and shows
+# a retried call running once, a concurrent retry receiving the first call's
+# outcome, and the outcomes arriving in DynamoDB in Powertools' format.
+# Everything it started is stopped and removed at the end.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 bash "$root/scripts/setup.sh"
+sh "$root/test/dynamo/install.sh" >/dev/null
 # shellcheck source=cluster.sh
 source "$root/scripts/cluster.sh"
 
@@ -18,8 +21,27 @@ make -C "$root" -s install
 
 scratch=$(mktemp -d /tmp/idem-demo.XXXXXX)
 chmod 755 "$scratch"
-trap 'cluster_stop "$scratch/cluster"; rm -rf "$scratch"' EXIT
-cluster_start "$scratch/cluster"
+dynalite_pid=
+trap 'cluster_stop "$scratch/cluster"; [ -n "$dynalite_pid" ] && kill "$dynalite_pid"; rm -rf "$scratch"' EXIT
+
+echo "== start a local DynamoDB (dynalite) with a table for the outcomes"
+dynamo=$root/test/dynamo
+dynamo_port=$(free_port)
+node "$dynamo/node_modules/dynalite/cli.js" --host 127.0.0.1 --port "$dynamo_port" --createTableMs 0 \
+    >"$scratch/dynalite.log" 2>&1 &
+dynalite_pid=$!
+endpoint=http://127.0.0.1:$dynamo_port
+export AWS_ACCESS_KEY_ID=demo AWS_SECRET_ACCESS_KEY=demo-secret AWS_REGION=us-east-1
+until node "$dynamo/dyn.js" "$endpoint" create-table idem-demo >/dev/null 2>&1; do sleep 0.2; done
+
+cluster_start "$scratch/cluster" \
+    "shared_preload_libraries = 'idem'" \
+    "idem.dynamodb_table = 'idem-demo'" \
+    "idem.dynamodb_endpoint = '$endpoint'" \
+    "idem.dynamodb_region = 'us-east-1'" \
+    "idem.dynamodb_key_prefix = 'shop'" \
+    "idem.dynamodb_access_key_id = '$AWS_ACCESS_KEY_ID'" \
+    "idem.dynamodb_secret_access_key = '$AWS_SECRET_ACCESS_KEY'"
 export PGDATABASE=postgres
 
 psql_demo() { as_pg psql -X -q -v ON_ERROR_STOP=1 "$@"; }
@@ -67,4 +89,14 @@ as_pg psql -X -q -c "SELECT 'session B got' AS who, idem.idempotent_call('order-
 wait "$first"
 psql_demo -c "SELECT sku, count(*) AS charges FROM shop.charges GROUP BY sku ORDER BY sku" \
           -c "SELECT key, status, outcome FROM idem.my_records ORDER BY created_at"
-echo "Demo finished: each order was charged once."
+
+echo
+echo "== the background worker mirrors each committed outcome to DynamoDB"
+for _ in $(seq 100); do
+    [ "$(as_pg psql -X -qAtc 'SELECT pending + coalesce(in_flight, 0) FROM idem.sync_status')" = 0 ] && break
+    sleep 0.1
+done
+psql_demo -c "SELECT pending, delivered, failed, conflicts FROM idem.sync_status"
+echo "items in the DynamoDB table idem-demo (what Powertools for AWS Lambda reads):"
+node "$dynamo/dyn.js" "$endpoint" scan idem-demo
+echo "Demo finished: each order was charged once, and both outcomes are in DynamoDB."
