@@ -216,7 +216,7 @@ for my $id (1 .. $workers)
 	}
 }
 $tally{observed} = $observed;
-diag("tally $_ $tally{$_}") for sort keys %tally;
+note("tally $_ $tally{$_}") for sort keys %tally;
 
 ok($tally{kills} > 0 && $tally{restarts} > 0, 'backends were killed and the server restarted');
 ok(($tally{outcome_f} // 0) > 0 && ($tally{outcome_t} // 0) > 0, 'clients got first outcomes and replays');
