@@ -11,21 +11,31 @@
  * a statement that calls idempotent_call many times resolves fn once, and a
  * prepared statement executed many times does one hash lookup per execution.
  *
- * The request fingerprint is a 64-bit hash of fn's qualified signature and
- * its arguments as values: jsonb through jsonb_hash_extended (so key order
- * and white space do not matter), base types through their own extended
- * hash function, everything else through its to_jsonb form.
+ * The request fingerprint is the first 64 bits of a SHA-256 digest of fn's
+ * qualified signature and a canonical encoding of its arguments as values:
+ * jsonb as its token stream with numbers normalised (so key order, white
+ * space and trailing zeros do not matter), base types whose equal values are
+ * equal bytes (btree "equalimage") as those bytes, everything else through
+ * its to_jsonb form.  Hash functions made for hash tables do not do: they
+ * map 1 and -1 (numeric), 1 and 4294967296 (bigint), {"a": "b"} and
+ * ["a", "b"] (jsonb) to the same value, and a fingerprint collision replays
+ * one request's outcome to another.
  *
  *-------------------------------------------------------------------------
  */
 #include "idem.h"
 
 #include "access/htup_details.h"
+#include "access/nbtree.h"
 #include "catalog/objectaccess.h"
+#include "catalog/pg_am.h"
 #include "catalog/pg_collation.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
+#include "commands/defrem.h"
+#include "common/cryptohash.h"
 #include "common/hashfn.h"
+#include "common/sha2.h"
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "nodes/makefuncs.h"
@@ -37,6 +47,7 @@
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/numeric.h"
 #include "utils/regproc.h"
 #include "utils/syscache.h"
 #include "utils/typcache.h"
@@ -44,9 +55,9 @@
 /* How an argument enters the request fingerprint. */
 typedef enum ArgHash
 {
-	ARG_HASH_JSONB,				/* jsonb_hash_extended of the value */
-	ARG_HASH_TYPE,				/* the type's own extended hash function */
-	ARG_HASH_VIA_JSONB			/* jsonb_hash_extended of to_jsonb(value) */
+	ARG_HASH_JSONB,				/* canonical encoding of the jsonb value */
+	ARG_HASH_TYPE,				/* the value's bytes: equal values are equal bytes */
+	ARG_HASH_VIA_JSONB			/* canonical encoding of to_jsonb(value) */
 } ArgHash;
 
 /* How fn's result becomes the outcome. */
@@ -62,7 +73,8 @@ typedef struct FnParam
 {
 	Oid			type;
 	ArgHash		hash;
-	Oid			hash_proc;		/* ARG_HASH_TYPE */
+	int16		typlen;			/* ARG_HASH_TYPE */
+	bool		typbyval;		/* ARG_HASH_TYPE */
 	Oid			input_proc;		/* reads an untyped literal */
 	Oid			input_ioparam;
 } FnParam;
@@ -85,12 +97,13 @@ typedef struct CallArg
 {
 	bool		literal;		/* passed as an untyped literal */
 	FmgrInfo	input;			/* literal */
-	FmgrInfo	hash;			/* ARG_HASH_TYPE: hash function; else to_jsonb */
+	FmgrInfo	hash;			/* ARG_HASH_VIA_JSONB: to_jsonb */
 } CallArg;
 
 struct CallSite
 {
 	Oid			fnoid;
+	MemoryContext fn_cxt;		/* what fmgr and to_jsonb keep for this fn */
 	Oid			checked_role;	/* role whose EXECUTE right was checked */
 	FnInfo		fn;				/* copy: FnInfo entries may be rebuilt */
 	FmgrInfo	flinfo;			/* calls fn */
@@ -100,7 +113,10 @@ struct CallSite
 
 static HTAB *fn_infos = NULL;
 
-/* Mark every cached FnInfo stale after a pg_proc or pg_type change. */
+/*
+ * Forget every cached FnInfo after a pg_proc or pg_type change, so that
+ * entries of dropped functions do not pile up.
+ */
 static void
 InvalidateFnInfos(Datum arg, int cacheid, uint32 hashvalue)
 {
@@ -111,7 +127,7 @@ InvalidateFnInfos(Datum arg, int cacheid, uint32 hashvalue)
 		return;
 	hash_seq_init(&status, fn_infos);
 	while ((info = hash_seq_search(&status)) != NULL)
-		info->valid = false;
+		(void) hash_search(fn_infos, &info->fnoid, HASH_REMOVE, NULL);
 }
 
 /* Describe fn for an error message. */
@@ -135,6 +151,29 @@ CheckUsableType(Oid fnoid, Oid type, bool is_result)
 						   "Its parameter type %s is a pseudo-type or polymorphic.",
 						   format_type_be(type)),
 				 errhint("Wrap it in a function with concrete parameter and result types.")));
+}
+
+/*
+ * Whether equal values of a type are always equal bytes, so that its values'
+ * bytes can stand for them in the fingerprint: what the btree "equalimage"
+ * support function of its default operator class says (for text-like types,
+ * under the C collation, which the fingerprint uses).
+ */
+static bool
+HasEqualImage(Oid type)
+{
+	Oid			opclass = GetDefaultOpClass(type, BTREE_AM_OID);
+	Oid			opcintype;
+	Oid			proc;
+
+	if (!OidIsValid(opclass))
+		return false;
+	opcintype = get_opclass_input_type(opclass);
+	proc = get_opfamily_proc(get_opclass_family(opclass), opcintype, opcintype,
+							 BTEQUALIMAGE_PROC);
+	return OidIsValid(proc) &&
+		DatumGetBool(OidFunctionCall1Coll(proc, C_COLLATION_OID,
+										  ObjectIdGetDatum(type)));
 }
 
 /* Fill an FnInfo from the catalogs, refusing functions that cannot be run. */
@@ -185,23 +224,16 @@ BuildFnInfo(FnInfo *info, Oid fnoid)
 	for (int i = 0; i < info->nargs; i++)
 	{
 		FnParam    *param = &info->params[i];
-		TypeCacheEntry *typentry;
 
 		param->type = proc->proargtypes.values[i];
 		CheckUsableType(fnoid, param->type, false);
 		getTypeInputInfo(param->type, &param->input_proc, &param->input_ioparam);
-		typentry = lookup_type_cache(param->type, TYPECACHE_HASH_EXTENDED_PROC);
-		param->hash_proc = InvalidOid;
+		get_typlenbyval(param->type, &param->typlen, &param->typbyval);
 		if (param->type == JSONBOID)
 			param->hash = ARG_HASH_JSONB;
-		else if (OidIsValid(typentry->hash_extended_proc) &&
-				 typentry->typtype == TYPTYPE_BASE &&
-				 !OidIsValid(typentry->typelem))
-		{
-			/* arrays and composites may hold unhashable parts: via jsonb */
+		else if (get_typtype(param->type) == TYPTYPE_BASE && param->typlen != -2 &&
+				 HasEqualImage(param->type))
 			param->hash = ARG_HASH_TYPE;
-			param->hash_proc = typentry->hash_extended_proc;
-		}
 		else
 			param->hash = ARG_HASH_VIA_JSONB;
 	}
@@ -234,11 +266,15 @@ LookupFnInfo(Oid fnoid)
 		CacheRegisterSyscacheCallback(TYPEOID, InvalidateFnInfos, (Datum) 0);
 	}
 
-	info = hash_search(fn_infos, &fnoid, HASH_ENTER, &found);
-	if (!found || !info->valid)
+	info = hash_search(fn_infos, &fnoid, HASH_FIND, NULL);
+	if (info == NULL)
 	{
-		info->valid = false;
-		BuildFnInfo(info, fnoid);
+		FnInfo		built;
+
+		/* only functions that can be run are cached: bad OIDs add nothing */
+		BuildFnInfo(&built, fnoid);
+		info = hash_search(fn_infos, &fnoid, HASH_ENTER, &found);
+		*info = built;
 	}
 	return info;
 }
@@ -321,14 +357,32 @@ GetCallSite(FunctionCallInfo fcinfo, Oid fnoid)
 		FnInfo	   *info = LookupFnInfo(fnoid);
 
 		if (site == NULL || site->fn.nargs < info->nargs)
+		{
+			CallSite   *old = site;
+
 			site = MemoryContextAllocZero(mcxt, offsetof(CallSite, args) +
 										  sizeof(CallArg) * Max(info->nargs, 1));
+			if (old != NULL)
+			{
+				site->fn_cxt = old->fn_cxt;
+				pfree(old);
+			}
+			else
+				site->fn_cxt = AllocSetContextCreate(mcxt, "idem call site",
+													 ALLOCSET_SMALL_SIZES);
+			fcinfo->flinfo->fn_extra = site;
+		}
+		/*
+		 * A call site that switches between functions (fn taken from a
+		 * column) frees what it kept for the previous one.
+		 */
+		MemoryContextReset(site->fn_cxt);
 		site->fnoid = InvalidOid;
 		site->checked_role = InvalidOid;
 		site->fn = *info;
-		fmgr_info_cxt(fnoid, &site->flinfo, mcxt);
+		fmgr_info_cxt(fnoid, &site->flinfo, site->fn_cxt);
 		if (site->fn.result == RESULT_VIA_JSONB)
-			InitToJsonb(&site->result_to_jsonb, site->fn.rettype, mcxt);
+			InitToJsonb(&site->result_to_jsonb, site->fn.rettype, site->fn_cxt);
 		CheckCallArguments(site, fcinfo);
 		for (int i = 0; i < site->fn.nargs; i++)
 		{
@@ -336,11 +390,9 @@ GetCallSite(FunctionCallInfo fcinfo, Oid fnoid)
 			CallArg    *arg = &site->args[i];
 
 			if (arg->literal)
-				fmgr_info_cxt(param->input_proc, &arg->input, mcxt);
-			if (param->hash == ARG_HASH_TYPE)
-				fmgr_info_cxt(param->hash_proc, &arg->hash, mcxt);
-			else if (param->hash == ARG_HASH_VIA_JSONB)
-				InitToJsonb(&arg->hash, param->type, mcxt);
+				fmgr_info_cxt(param->input_proc, &arg->input, site->fn_cxt);
+			if (param->hash == ARG_HASH_VIA_JSONB)
+				InitToJsonb(&arg->hash, param->type, site->fn_cxt);
 		}
 		site->fnoid = fnoid;
 		fcinfo->flinfo->fn_extra = site;
@@ -380,44 +432,144 @@ ReadArguments(CallSite *site, FunctionCallInfo fcinfo, Datum *values, bool *null
 	}
 }
 
-/* Hash fn's identity and its arguments into the request fingerprint. */
+/* Feed bytes to the fingerprint's digest. */
+static void
+DigestBytes(pg_cryptohash_ctx *ctx, const void *data, size_t len)
+{
+	if (pg_cryptohash_update(ctx, (const uint8 *) data, len) < 0)
+		elog(ERROR, "could not compute request fingerprint: %s",
+			 pg_cryptohash_error(ctx));
+}
+
+/* Feed a tag byte and a length-prefixed byte string to the digest. */
+static void
+DigestItem(pg_cryptohash_ctx *ctx, char tag, const void *data, uint32 len)
+{
+	uint8		header[5];
+
+	header[0] = (uint8) tag;
+	header[1] = (uint8) (len >> 24);
+	header[2] = (uint8) (len >> 16);
+	header[3] = (uint8) (len >> 8);
+	header[4] = (uint8) len;
+	DigestBytes(ctx, header, sizeof(header));
+	if (len > 0)
+		DigestBytes(ctx, data, len);
+}
+
+/*
+ * Feed a jsonb value to the digest as its token stream: structure, keys and
+ * scalars, numbers in normalised form, so that values that jsonb equality
+ * calls equal (1 and 1.0) give the same bytes and all others differ.
+ */
+static void
+DigestJsonb(pg_cryptohash_ctx *ctx, Jsonb *jb)
+{
+	JsonbIterator *it = JsonbIteratorInit(&jb->root);
+	JsonbValue	v;
+	JsonbIteratorToken token;
+
+	while ((token = JsonbIteratorNext(&it, &v, false)) != WJB_DONE)
+	{
+		char		tag = (char) ('0' + token);
+
+		if (token == WJB_BEGIN_ARRAY)
+			DigestItem(ctx, tag, v.val.array.rawScalar ? "s" : "a", 1);
+		else if (token == WJB_KEY || token == WJB_VALUE || token == WJB_ELEM)
+		{
+			char	   *number;
+
+			switch (v.type)
+			{
+				case jbvNull:
+					DigestItem(ctx, tag, "n", 1);
+					break;
+				case jbvBool:
+					DigestItem(ctx, tag, v.val.boolean ? "t" : "f", 1);
+					break;
+				case jbvString:
+					DigestItem(ctx, tag, "\"", 1);
+					DigestItem(ctx, 'S', v.val.string.val, v.val.string.len);
+					break;
+				case jbvNumeric:
+					number = numeric_normalize(v.val.numeric);
+					DigestItem(ctx, tag, "#", 1);
+					DigestItem(ctx, 'N', number, strlen(number));
+					pfree(number);
+					break;
+				default:
+					elog(ERROR, "unexpected jsonb value type %d", (int) v.type);
+			}
+		}
+		else
+			DigestItem(ctx, tag, NULL, 0);
+	}
+}
+
+/* Feed the bytes of a value of a type whose equal values are equal bytes. */
+static void
+DigestImage(pg_cryptohash_ctx *ctx, FnParam *param, Datum value)
+{
+	if (param->typbyval)
+	{
+		/* as a big-endian number, the same on every platform */
+		uint64		number = (uint64) value;
+		uint8		bytes[8];
+
+		if (param->typlen < (int16) sizeof(uint64))
+			number &= (UINT64CONST(1) << (8 * param->typlen)) - 1;
+		for (int b = 0; b < 8; b++)
+			bytes[b] = (uint8) (number >> (8 * (7 - b)));
+		DigestItem(ctx, 'V', bytes, sizeof(bytes));
+	}
+	else if (param->typlen > 0)
+		DigestItem(ctx, 'F', DatumGetPointer(value), param->typlen);
+	else
+	{
+		struct varlena *detoasted = pg_detoast_datum_packed((struct varlena *) DatumGetPointer(value));
+
+		DigestItem(ctx, 'L', VARDATA_ANY(detoasted), VARSIZE_ANY_EXHDR(detoasted));
+		if ((Pointer) detoasted != DatumGetPointer(value))
+			pfree(detoasted);
+	}
+}
+
+/* Digest fn's identity and its arguments into the request fingerprint. */
 uint64
 RequestFingerprint(CallSite *site, Datum *values, bool *nulls)
 {
-	uint64		hash = site->fn.signature_hash;
+	pg_cryptohash_ctx *ctx = pg_cryptohash_create(PG_SHA256);
+	uint8		digest[PG_SHA256_DIGEST_LENGTH];
+	uint64		hash = 0;
 
+	if (pg_cryptohash_init(ctx) < 0)
+		elog(ERROR, "could not compute request fingerprint: %s",
+			 pg_cryptohash_error(ctx));
+	for (int b = 0; b < 8; b++)
+		digest[b] = (uint8) (site->fn.signature_hash >> (8 * (7 - b)));
+	DigestItem(ctx, 'f', digest, 8);
 	for (int i = 0; i < site->fn.nargs; i++)
 	{
-		uint64		arghash;
-
 		if (nulls[i])
-			arghash = UINT64CONST(0x9e3779b97f4a7c15);
+			DigestItem(ctx, 'z', NULL, 0);
+		else if (site->fn.params[i].hash == ARG_HASH_TYPE)
+			DigestImage(ctx, &site->fn.params[i], values[i]);
 		else
 		{
-			switch (site->fn.params[i].hash)
-			{
-				case ARG_HASH_JSONB:
-					arghash = DatumGetUInt64(DirectFunctionCall2(jsonb_hash_extended,
-																 values[i],
-																 Int64GetDatum(0)));
-					break;
-				case ARG_HASH_TYPE:
-					/* C collation: equal strings are equal bytes */
-					arghash = DatumGetUInt64(FunctionCall2Coll(&site->args[i].hash,
-															   C_COLLATION_OID,
-															   values[i],
-															   Int64GetDatum(0)));
-					break;
-				default:
-					arghash = DatumGetUInt64(DirectFunctionCall2(jsonb_hash_extended,
-																 FunctionCall1(&site->args[i].hash,
-																			   values[i]),
-																 Int64GetDatum(0)));
-					break;
-			}
+			Datum		jb = values[i];
+
+			if (site->fn.params[i].hash == ARG_HASH_VIA_JSONB)
+				jb = FunctionCall1(&site->args[i].hash, values[i]);
+			DigestItem(ctx, 'j', NULL, 0);
+			DigestJsonb(ctx, DatumGetJsonbP(jb));
 		}
-		hash = hash_combine64(hash, arghash);
 	}
+	if (pg_cryptohash_final(ctx, digest, sizeof(digest)) < 0)
+		elog(ERROR, "could not compute request fingerprint: %s",
+			 pg_cryptohash_error(ctx));
+	pg_cryptohash_free(ctx);
+	for (int b = 0; b < 8; b++)
+		hash = (hash << 8) | digest[b];
 	return hash;
 }
 

@@ -4,7 +4,8 @@
 set -euo pipefail
 
 packages=(postgresql-15 postgresql-server-dev-15 libipc-run-perl
-          libcurl4-openssl-dev make gcc)
+          libcurl4-openssl-dev make gcc
+          pgbouncer sqlsmith)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
