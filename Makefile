@@ -12,8 +12,8 @@ EXTENSION = idem
 DATA = idem--1.0.sql
 PGFILEDESC = "idem - idempotency keys for PostgreSQL"
 
-REGRESS = call replay mismatch failure expiry isolation_roles bad_input replayed_flag
-REGRESS_OPTS = --inputdir=sql
+REGRESS = setup call replay mismatch failure expiry roles bad_input replayed_flag
+REGRESS_OPTS =
 ISOLATION = first_writer_wins rollback_frees_key many_waiters wait_timeout repeatable_read
 ISOLATION_OPTS =
 TAP_TESTS = 1

@@ -44,8 +44,12 @@ extern int	idem_max_key_length;	/* characters */
 typedef struct CallSite CallSite;
 
 extern CallSite *GetCallSite(FunctionCallInfo fcinfo, Oid fnoid);
-extern uint64 RequestFingerprint(CallSite *site, FunctionCallInfo fcinfo);
-extern Jsonb *InvokeFunction(CallSite *site, FunctionCallInfo fcinfo);
+extern void ReadArguments(CallSite *site, FunctionCallInfo fcinfo,
+						  Datum *values, bool *nulls);
+extern uint64 RequestFingerprint(CallSite *site, Datum *values, bool *nulls);
+extern Jsonb *InvokeFunction(CallSite *site, Datum *values, bool *nulls,
+							 Oid collation);
+extern Jsonb *JsonNull(void);
 
 /* What a probe of idem.records found for a (role, key). */
 typedef enum RecordState

@@ -1,0 +1,464 @@
+/*-------------------------------------------------------------------------
+ *
+ * callsite.c
+ *		Resolve, check and invoke the function that idempotent_call runs.
+ *
+ * What idempotent_call needs to know about fn (its kind, parameter types,
+ * how to fingerprint each argument, how to turn its result into jsonb) comes
+ * from the catalogs once per backend and function, in FnInfo entries that a
+ * pg_proc or pg_type change invalidates.  Each call site of idempotent_call
+ * then keeps a CallSite in fn_extra with the FmgrInfos it calls through, so
+ * a statement that calls idempotent_call many times resolves fn once, and a
+ * prepared statement executed many times does one hash lookup per execution.
+ *
+ * The request fingerprint is a 64-bit hash of fn's qualified signature and
+ * its arguments as values: jsonb through jsonb_hash_extended (so key order
+ * and white space do not matter), base types through their own extended
+ * hash function, everything else through its to_jsonb form.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "idem.h"
+
+#include "access/htup_details.h"
+#include "catalog/objectaccess.h"
+#include "catalog/pg_collation.h"
+#include "catalog/pg_proc.h"
+#include "catalog/pg_type.h"
+#include "common/hashfn.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "nodes/makefuncs.h"
+#include "parser/parse_coerce.h"
+#include "utils/acl.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/regproc.h"
+#include "utils/syscache.h"
+#include "utils/typcache.h"
+
+/* How an argument enters the request fingerprint. */
+typedef enum ArgHash
+{
+	ARG_HASH_JSONB,				/* jsonb_hash_extended of the value */
+	ARG_HASH_TYPE,				/* the type's own extended hash function */
+	ARG_HASH_VIA_JSONB			/* jsonb_hash_extended of to_jsonb(value) */
+} ArgHash;
+
+/* How fn's result becomes the outcome. */
+typedef enum ResultForm
+{
+	RESULT_JSONB,				/* already jsonb */
+	RESULT_VOID,				/* JSON null */
+	RESULT_VIA_JSONB			/* to_jsonb(result) */
+} ResultForm;
+
+/* Catalog facts about one parameter of fn. */
+typedef struct FnParam
+{
+	Oid			type;
+	ArgHash		hash;
+	Oid			hash_proc;		/* ARG_HASH_TYPE */
+	Oid			input_proc;		/* reads an untyped literal */
+	Oid			input_ioparam;
+} FnParam;
+
+/* Catalog facts about fn, cached per backend. */
+typedef struct FnInfo
+{
+	Oid			fnoid;			/* hash key */
+	bool		valid;
+	bool		strict;
+	ResultForm	result;
+	Oid			rettype;
+	uint64		signature_hash; /* of the qualified signature */
+	int			nargs;
+	FnParam		params[FUNC_MAX_ARGS];
+} FnInfo;
+
+/* One parameter at one call site. */
+typedef struct CallArg
+{
+	bool		literal;		/* passed as an untyped literal */
+	FmgrInfo	input;			/* literal */
+	FmgrInfo	hash;			/* ARG_HASH_TYPE: hash function; else to_jsonb */
+} CallArg;
+
+struct CallSite
+{
+	Oid			fnoid;
+	Oid			checked_role;	/* role whose EXECUTE right was checked */
+	FnInfo		fn;				/* copy: FnInfo entries may be rebuilt */
+	FmgrInfo	flinfo;			/* calls fn */
+	FmgrInfo	result_to_jsonb;	/* RESULT_VIA_JSONB */
+	CallArg		args[FLEXIBLE_ARRAY_MEMBER];
+};
+
+static HTAB *fn_infos = NULL;
+
+/* Mark every cached FnInfo stale after a pg_proc or pg_type change. */
+static void
+InvalidateFnInfos(Datum arg, int cacheid, uint32 hashvalue)
+{
+	HASH_SEQ_STATUS status;
+	FnInfo	   *info;
+
+	if (fn_infos == NULL)
+		return;
+	hash_seq_init(&status, fn_infos);
+	while ((info = hash_seq_search(&status)) != NULL)
+		info->valid = false;
+}
+
+/* Describe fn for an error message. */
+static char *
+FnName(Oid fnoid)
+{
+	return format_procedure(fnoid);
+}
+
+/* Refuse a type that idempotent_call cannot pass or return. */
+static void
+CheckUsableType(Oid fnoid, Oid type, bool is_result)
+{
+	if (IsPolymorphicType(type) ||
+		(get_typtype(type) == TYPTYPE_PSEUDO &&
+		 !(is_result && (type == VOIDOID || type == RECORDOID))))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("idem.idempotent_call cannot run function %s", FnName(fnoid)),
+				 errdetail(is_result ? "Its result type %s is a pseudo-type or polymorphic." :
+						   "Its parameter type %s is a pseudo-type or polymorphic.",
+						   format_type_be(type)),
+				 errhint("Wrap it in a function with concrete parameter and result types.")));
+}
+
+/* Fill an FnInfo from the catalogs, refusing functions that cannot be run. */
+static void
+BuildFnInfo(FnInfo *info, Oid fnoid)
+{
+	HeapTuple	proctup;
+	Form_pg_proc proc;
+	char	   *signature;
+
+	proctup = SearchSysCache1(PROCOID, ObjectIdGetDatum(fnoid));
+	if (!HeapTupleIsValid(proctup))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_FUNCTION),
+				 errmsg("function with OID %u does not exist", fnoid),
+				 errhint("Name the function with its argument types, for example 'shop.place_order(jsonb)'.")));
+	proc = (Form_pg_proc) GETSTRUCT(proctup);
+
+	if (proc->prokind != PROKIND_FUNCTION)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("idem.idempotent_call cannot run %s %s",
+						proc->prokind == PROKIND_AGGREGATE ? "aggregate function" :
+						proc->prokind == PROKIND_WINDOW ? "window function" : "procedure",
+						FnName(fnoid)),
+				 errdetail("Only plain functions can be run once per idempotency key."),
+				 errhint("Wrap the work in a plain function and pass that.")));
+	if (proc->proretset)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("idem.idempotent_call cannot run set-returning function %s",
+						FnName(fnoid)),
+				 errdetail("An idempotent call records one outcome per key."),
+				 errhint("Wrap it in a function that aggregates the rows, for example with jsonb_agg.")));
+
+	info->fnoid = fnoid;
+	info->strict = proc->proisstrict;
+	info->rettype = proc->prorettype;
+	info->nargs = proc->pronargs;
+	CheckUsableType(fnoid, info->rettype, true);
+	if (info->rettype == JSONBOID)
+		info->result = RESULT_JSONB;
+	else if (info->rettype == VOIDOID)
+		info->result = RESULT_VOID;
+	else
+		info->result = RESULT_VIA_JSONB;
+
+	for (int i = 0; i < info->nargs; i++)
+	{
+		FnParam    *param = &info->params[i];
+		TypeCacheEntry *typentry;
+
+		param->type = proc->proargtypes.values[i];
+		CheckUsableType(fnoid, param->type, false);
+		getTypeInputInfo(param->type, &param->input_proc, &param->input_ioparam);
+		typentry = lookup_type_cache(param->type, TYPECACHE_HASH_EXTENDED_PROC);
+		param->hash_proc = InvalidOid;
+		if (param->type == JSONBOID)
+			param->hash = ARG_HASH_JSONB;
+		else if (OidIsValid(typentry->hash_extended_proc) &&
+				 typentry->typtype == TYPTYPE_BASE &&
+				 !OidIsValid(typentry->typelem))
+		{
+			/* arrays and composites may hold unhashable parts: via jsonb */
+			param->hash = ARG_HASH_TYPE;
+			param->hash_proc = typentry->hash_extended_proc;
+		}
+		else
+			param->hash = ARG_HASH_VIA_JSONB;
+	}
+	ReleaseSysCache(proctup);
+
+	/* The qualified signature survives dump and restore; the OID does not. */
+	signature = format_procedure_qualified(fnoid);
+	info->signature_hash = hash_bytes_extended((const unsigned char *) signature,
+											   strlen(signature), 0);
+	pfree(signature);
+	info->valid = true;
+}
+
+/* Return the cached FnInfo of fnoid, building it if needed. */
+static FnInfo *
+LookupFnInfo(Oid fnoid)
+{
+	FnInfo	   *info;
+	bool		found;
+
+	if (fn_infos == NULL)
+	{
+		HASHCTL		ctl;
+
+		ctl.keysize = sizeof(Oid);
+		ctl.entrysize = sizeof(FnInfo);
+		fn_infos = hash_create("idem function cache", 64, &ctl,
+							   HASH_ELEM | HASH_BLOBS);
+		CacheRegisterSyscacheCallback(PROCOID, InvalidateFnInfos, (Datum) 0);
+		CacheRegisterSyscacheCallback(TYPEOID, InvalidateFnInfos, (Datum) 0);
+	}
+
+	info = hash_search(fn_infos, &fnoid, HASH_ENTER, &found);
+	if (!found || !info->valid)
+	{
+		info->valid = false;
+		BuildFnInfo(info, fnoid);
+	}
+	return info;
+}
+
+/* Prepare an FmgrInfo that calls to_jsonb on a value of the given type. */
+static void
+InitToJsonb(FmgrInfo *finfo, Oid type, MemoryContext mcxt)
+{
+	MemoryContext oldcontext;
+
+	fmgr_info_cxt(F_TO_JSONB, finfo, mcxt);
+	/* to_jsonb learns its argument's type from the call expression */
+	oldcontext = MemoryContextSwitchTo(mcxt);
+	finfo->fn_expr = (Node *) makeFuncExpr(F_TO_JSONB, JSONBOID,
+										   list_make1(makeNullConst(type, -1, InvalidOid)),
+										   InvalidOid, InvalidOid,
+										   COERCE_EXPLICIT_CALL);
+	MemoryContextSwitchTo(oldcontext);
+}
+
+/*
+ * Check the arguments given at this call site against fn's parameters: each
+ * must be an untyped literal or of a type binary-coercible to the parameter.
+ */
+static void
+CheckCallArguments(CallSite *site, FunctionCallInfo fcinfo)
+{
+	int			given = PG_NARGS() - 2;
+
+	if (get_fn_expr_variadic(fcinfo->flinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("idem.idempotent_call does not take its arguments as a VARIADIC array"),
+				 errhint("Pass the arguments of %s one by one.", FnName(site->fn.fnoid))));
+	if (given != site->fn.nargs)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_FUNCTION),
+				 errmsg("function %s takes %d argument%s, but idem.idempotent_call was given %d",
+						FnName(site->fn.fnoid), site->fn.nargs,
+						site->fn.nargs == 1 ? "" : "s", given),
+				 errdetail("Parameter defaults are not applied by idem.idempotent_call."),
+				 errhint("Pass exactly the arguments that %s declares.", FnName(site->fn.fnoid))));
+
+	for (int i = 0; i < given; i++)
+	{
+		Oid			actual = get_fn_expr_argtype(fcinfo->flinfo, i + 2);
+		Oid			declared = site->fn.params[i].type;
+
+		if (!OidIsValid(actual))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("could not determine the type of argument %d of idem.idempotent_call", i + 1),
+					 errhint("Call idem.idempotent_call from SQL.")));
+		site->args[i].literal = (actual == UNKNOWNOID && declared != UNKNOWNOID);
+		if (!site->args[i].literal && actual != declared &&
+			!IsBinaryCoercible(actual, declared))
+			ereport(ERROR,
+					(errcode(ERRCODE_DATATYPE_MISMATCH),
+					 errmsg("argument %d of function %s must be of type %s, not %s",
+							i + 1, FnName(site->fn.fnoid), format_type_be(declared),
+							format_type_be(actual)),
+					 errhint("Cast the argument, for example value::%s.",
+							 format_type_be(declared))));
+	}
+}
+
+/*
+ * Return the CallSite of this idempotent_call call site for fnoid, checking
+ * the caller's right to execute fn.
+ */
+CallSite *
+GetCallSite(FunctionCallInfo fcinfo, Oid fnoid)
+{
+	CallSite   *site = (CallSite *) fcinfo->flinfo->fn_extra;
+	MemoryContext mcxt = fcinfo->flinfo->fn_mcxt;
+	Oid			role = GetUserId();
+
+	if (site == NULL || site->fnoid != fnoid)
+	{
+		FnInfo	   *info = LookupFnInfo(fnoid);
+
+		if (site == NULL || site->fn.nargs < info->nargs)
+			site = MemoryContextAllocZero(mcxt, offsetof(CallSite, args) +
+										  sizeof(CallArg) * Max(info->nargs, 1));
+		site->fnoid = InvalidOid;
+		site->checked_role = InvalidOid;
+		site->fn = *info;
+		fmgr_info_cxt(fnoid, &site->flinfo, mcxt);
+		if (site->fn.result == RESULT_VIA_JSONB)
+			InitToJsonb(&site->result_to_jsonb, site->fn.rettype, mcxt);
+		CheckCallArguments(site, fcinfo);
+		for (int i = 0; i < site->fn.nargs; i++)
+		{
+			FnParam    *param = &site->fn.params[i];
+			CallArg    *arg = &site->args[i];
+
+			if (arg->literal)
+				fmgr_info_cxt(param->input_proc, &arg->input, mcxt);
+			if (param->hash == ARG_HASH_TYPE)
+				fmgr_info_cxt(param->hash_proc, &arg->hash, mcxt);
+			else if (param->hash == ARG_HASH_VIA_JSONB)
+				InitToJsonb(&arg->hash, param->type, mcxt);
+		}
+		site->fnoid = fnoid;
+		fcinfo->flinfo->fn_extra = site;
+	}
+
+	if (site->checked_role != role)
+	{
+		AclResult	aclresult = pg_proc_aclcheck(fnoid, role, ACL_EXECUTE);
+
+		if (aclresult != ACLCHECK_OK)
+			aclcheck_error(aclresult, OBJECT_FUNCTION, get_func_name(fnoid));
+		InvokeFunctionExecuteHook(fnoid);
+		site->checked_role = role;
+	}
+	return site;
+}
+
+/*
+ * Read the call's arguments into values/nulls, turning untyped literals into
+ * values of fn's parameter types.
+ */
+void
+ReadArguments(CallSite *site, FunctionCallInfo fcinfo, Datum *values, bool *nulls)
+{
+	for (int i = 0; i < site->fn.nargs; i++)
+	{
+		nulls[i] = PG_ARGISNULL(i + 2);
+		values[i] = PG_GETARG_DATUM(i + 2);
+		if (site->args[i].literal && !nulls[i])
+			values[i] = InputFunctionCall(&site->args[i].input,
+										  DatumGetCString(values[i]),
+										  site->fn.params[i].input_ioparam, -1);
+	}
+}
+
+/* Hash fn's identity and its arguments into the request fingerprint. */
+uint64
+RequestFingerprint(CallSite *site, Datum *values, bool *nulls)
+{
+	uint64		hash = site->fn.signature_hash;
+
+	for (int i = 0; i < site->fn.nargs; i++)
+	{
+		uint64		arghash;
+
+		if (nulls[i])
+			arghash = UINT64CONST(0x9e3779b97f4a7c15);
+		else
+		{
+			switch (site->fn.params[i].hash)
+			{
+				case ARG_HASH_JSONB:
+					arghash = DatumGetUInt64(DirectFunctionCall2(jsonb_hash_extended,
+																 values[i],
+																 Int64GetDatum(0)));
+					break;
+				case ARG_HASH_TYPE:
+					/* C collation: equal strings are equal bytes */
+					arghash = DatumGetUInt64(FunctionCall2Coll(&site->args[i].hash,
+															   C_COLLATION_OID,
+															   values[i],
+															   Int64GetDatum(0)));
+					break;
+				default:
+					arghash = DatumGetUInt64(DirectFunctionCall2(jsonb_hash_extended,
+																 FunctionCall1(&site->args[i].hash,
+																			   values[i]),
+																 Int64GetDatum(0)));
+					break;
+			}
+		}
+		hash = hash_combine64(hash, arghash);
+	}
+	return hash;
+}
+
+/* Return the JSON null that stands for a NULL or void result. */
+Jsonb *
+JsonNull(void)
+{
+	static Jsonb *json_null = NULL;
+
+	if (json_null == NULL)
+	{
+		MemoryContext oldcontext = MemoryContextSwitchTo(TopMemoryContext);
+
+		json_null = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum("null")));
+		MemoryContextSwitchTo(oldcontext);
+	}
+	return json_null;
+}
+
+/*
+ * Run fn on the arguments with the collation of the idempotent_call
+ * expression, and return its result as jsonb.
+ */
+Jsonb *
+InvokeFunction(CallSite *site, Datum *values, bool *nulls, Oid collation)
+{
+	LOCAL_FCINFO(call, FUNC_MAX_ARGS);
+	Datum		result;
+
+	InitFunctionCallInfoData(*call, &site->flinfo, site->fn.nargs,
+							 collation, NULL, NULL);
+	for (int i = 0; i < site->fn.nargs; i++)
+	{
+		call->args[i].value = values[i];
+		call->args[i].isnull = nulls[i];
+		/* a strict function is not run on a NULL argument: its result is NULL */
+		if (nulls[i] && site->fn.strict)
+			return JsonNull();
+	}
+
+	result = FunctionCallInvoke(call);
+
+	if (call->isnull || site->fn.result == RESULT_VOID)
+		return JsonNull();
+	if (site->fn.result == RESULT_JSONB)
+		return DatumGetJsonbP(result);
+	return DatumGetJsonbP(FunctionCall1(&site->result_to_jsonb, result));
+}

@@ -1,0 +1,293 @@
+/*-------------------------------------------------------------------------
+ *
+ * keytable.c
+ *		Read and write idem.records, the key table.
+ *
+ * idem reaches its table through the heap and index access methods rather
+ * than SQL: no plan to prepare, no search_path to resolve, no privilege on
+ * the table needed by the caller, and a probe that sees uncommitted rows.
+ * The probe uses a dirty snapshot, as unique-index checks do, so that a
+ * record another transaction is still writing is found and waited for
+ * instead of being missed.
+ *
+ * Rows are written with simple_heap_insert plus an entry in every index of
+ * the table; the unique index enforces one record per (role, key).
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "idem.h"
+
+#include "access/genam.h"
+#include "access/heapam.h"
+#include "access/htup_details.h"
+#include "access/stratnum.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "catalog/index.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_am.h"
+#include "catalog/pg_collation.h"
+#include "executor/tuptable.h"
+#include "miscadmin.h"
+#include "nodes/execnodes.h"
+#include "utils/fmgroids.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+
+/* Columns of idem.records, in table order. */
+enum
+{
+	COL_REQUEST_HASH,
+	COL_CREATED_AT,
+	COL_EXPIRES_AT,
+	COL_OWNER,
+	COL_KEY,
+	COL_OUTCOME,
+	RECORD_COLUMNS
+};
+
+/* OIDs of idem.records and its primary key, resolved once per backend. */
+static Oid	records_relid = InvalidOid;
+static Oid	records_pkey = InvalidOid;
+static bool callback_registered = false;
+
+/* Forget the resolved OIDs when the key table's relcache entry goes. */
+static void
+InvalidateKeyTable(Datum arg, Oid relid)
+{
+	if (relid == InvalidOid || relid == records_relid)
+	{
+		records_relid = InvalidOid;
+		records_pkey = InvalidOid;
+	}
+}
+
+/* Find idem.records and check that it is the table idem created. */
+static void
+ResolveKeyTable(void)
+{
+	Oid			nspid;
+	Oid			relid;
+	Relation	rel;
+
+	if (!callback_registered)
+	{
+		CacheRegisterRelcacheCallback(InvalidateKeyTable, (Datum) 0);
+		callback_registered = true;
+	}
+
+	nspid = get_namespace_oid("idem", true);
+	relid = OidIsValid(nspid) ? get_relname_relid("records", nspid) : InvalidOid;
+	if (!OidIsValid(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("idem's key table idem.records does not exist"),
+				 errhint("Run CREATE EXTENSION idem in this database.")));
+
+	rel = table_open(relid, AccessShareLock);
+	if (rel->rd_rel->relkind != RELKIND_RELATION ||
+		rel->rd_rel->relam != HEAP_TABLE_AM_OID ||
+		RelationGetDescr(rel)->natts != RECORD_COLUMNS)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("idem.records is not the table that idem created"),
+				 errhint("Drop and re-create the extension.")));
+	(void) RelationGetIndexList(rel);
+	if (!OidIsValid(rel->rd_pkindex))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("idem.records has lost its primary key"),
+				 errhint("Drop and re-create the extension.")));
+	records_pkey = rel->rd_pkindex;
+	table_close(rel, AccessShareLock);
+	records_relid = relid;
+}
+
+/*
+ * Probe idem.records for (owner, key): report a live record with its
+ * fingerprint and outcome, an expired one, none, or the transaction that is
+ * writing one right now.
+ *
+ * Under REPEATABLE READ and SERIALIZABLE, a record committed after the
+ * transaction's snapshot was taken is a serialization failure: the
+ * transaction can neither replay an outcome it must not see nor run fn.
+ */
+void
+ProbeRecord(Oid owner, text *key, TimestampTz now, RecordProbe *probe)
+{
+	Oid			pkey;
+	Relation	heap;
+	Relation	index;
+	SnapshotData dirty;
+	ScanKeyData scankeys[2];
+	IndexScanDesc scan;
+	TupleTableSlot *slot;
+
+	if (!OidIsValid(records_relid))
+		ResolveKeyTable();
+	/* opening the table may process invalidations that reset records_pkey */
+	pkey = records_pkey;
+	heap = table_open(records_relid, AccessShareLock);
+	index = index_open(pkey, AccessShareLock);
+
+	InitDirtySnapshot(dirty);
+	ScanKeyInit(&scankeys[0], 1, BTEqualStrategyNumber, F_OIDEQ,
+				ObjectIdGetDatum(owner));
+	ScanKeyEntryInitialize(&scankeys[1], 0, 2, BTEqualStrategyNumber, InvalidOid,
+						   index->rd_indcollation[1], F_TEXTEQ,
+						   PointerGetDatum(key));
+
+	slot = table_slot_create(heap, NULL);
+	scan = index_beginscan(heap, index, &dirty, 2, 0);
+	index_rescan(scan, scankeys, 2, NULL, 0);
+
+	probe->state = RECORD_ABSENT;
+	/* the unique index admits at most one row that is not dead */
+	if (index_getnext_slot(scan, ForwardScanDirection, slot))
+	{
+		TransactionId writer = TransactionIdIsValid(dirty.xmin) ? dirty.xmin : dirty.xmax;
+
+		if (TransactionIdIsValid(writer))
+		{
+			probe->state = RECORD_BUSY;
+			probe->busy_xid = writer;
+		}
+		else
+		{
+			bool		isnull;
+			HeapTuple	tuple = ExecFetchSlotHeapTuple(slot, false, NULL);
+			TransactionId xmin = HeapTupleHeaderGetXmin(tuple->t_data);
+
+			if (IsolationUsesXactSnapshot() &&
+				!TransactionIdIsCurrentTransactionId(xmin) &&
+				XidInMVCCSnapshot(xmin, GetActiveSnapshot()))
+				ereport(ERROR,
+						(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+						 errmsg("could not serialize access due to a concurrent idempotent call with key \"%s\"",
+								KeyForMessage(key)),
+						 errdetail("Another transaction recorded an outcome for this key after this transaction's snapshot was taken."),
+						 errhint("Retry the transaction: the retry returns the recorded outcome.")));
+
+			probe->tid = slot->tts_tid;
+			if (DatumGetTimestampTz(slot_getattr(slot, COL_EXPIRES_AT + 1, &isnull)) <= now)
+				probe->state = RECORD_EXPIRED;
+			else
+			{
+				probe->state = RECORD_LIVE;
+				probe->request_hash = (uint64) DatumGetInt64(slot_getattr(slot, COL_REQUEST_HASH + 1, &isnull));
+				probe->outcome = DatumGetJsonbPCopy(slot_getattr(slot, COL_OUTCOME + 1, &isnull));
+			}
+		}
+	}
+
+	index_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	index_close(index, AccessShareLock);
+	table_close(heap, AccessShareLock);
+}
+
+/*
+ * Delete the expired record that a new one replaces.  A purge may have
+ * deleted it meanwhile, which is just as good.
+ */
+static void
+DeleteExpiredRecord(Relation heap, ItemPointer tid)
+{
+	TM_FailureData tmfd;
+	TM_Result	result;
+
+	result = heap_delete(heap, tid, GetCurrentCommandId(true), InvalidSnapshot,
+						 true, &tmfd, false);
+	if (result == TM_Invisible)
+	{
+		/* written earlier in this very command: make it deletable */
+		CommandCounterIncrement();
+		result = heap_delete(heap, tid, GetCurrentCommandId(true), InvalidSnapshot,
+							 true, &tmfd, false);
+	}
+	if (result != TM_Ok && result != TM_Deleted && result != TM_Updated)
+		elog(ERROR, "could not delete expired idempotency record: result %d",
+			 (int) result);
+}
+
+/* Add the index entries of a new record row to every index of the table. */
+static void
+InsertIndexEntries(Relation heap, HeapTuple tuple)
+{
+	List	   *indexes = RelationGetIndexList(heap);
+	TupleTableSlot *slot;
+	ListCell   *lc;
+
+	slot = MakeSingleTupleTableSlot(RelationGetDescr(heap), &TTSOpsHeapTuple);
+	ExecStoreHeapTuple(tuple, slot, false);
+
+	foreach(lc, indexes)
+	{
+		Relation	index = index_open(lfirst_oid(lc), RowExclusiveLock);
+		IndexInfo  *indexinfo = BuildIndexInfo(index);
+		Datum		values[INDEX_MAX_KEYS];
+		bool		isnull[INDEX_MAX_KEYS];
+
+		if (indexinfo->ii_ReadyForInserts)
+		{
+			if (indexinfo->ii_Expressions != NIL || indexinfo->ii_Predicate != NIL ||
+				indexinfo->ii_ExclusionOps != NULL)
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("idem cannot maintain index \"%s\" on idem.records",
+								RelationGetRelationName(index)),
+						 errdetail("Expression, partial and exclusion indexes on idem.records are not supported."),
+						 errhint("Drop the index, or replace it with one on plain columns.")));
+			FormIndexDatum(indexinfo, slot, NULL, values, isnull);
+			index_insert(index, values, isnull, &tuple->t_self, heap,
+						 indexinfo->ii_Unique ? UNIQUE_CHECK_YES : UNIQUE_CHECK_NO,
+#if PG_VERSION_NUM >= 140000
+						 false,
+#endif
+						 indexinfo);
+		}
+		index_close(index, NoLock);
+	}
+
+	ExecDropSingleTupleTableSlot(slot);
+	list_free(indexes);
+}
+
+/*
+ * Write the record of a first call, replacing the expired record at
+ * expired_tid if there is one.  The row is part of the caller's
+ * transaction: it commits or vanishes with fn's effects.
+ */
+void
+WriteRecord(Oid owner, text *key, uint64 request_hash, Jsonb *outcome,
+			TimestampTz now, ItemPointer expired_tid)
+{
+	Relation	heap;
+	Datum		values[RECORD_COLUMNS];
+	bool		nulls[RECORD_COLUMNS] = {false};
+	HeapTuple	tuple;
+
+	if (!OidIsValid(records_relid))
+		ResolveKeyTable();
+	heap = table_open(records_relid, RowExclusiveLock);
+
+	if (expired_tid != NULL)
+		DeleteExpiredRecord(heap, expired_tid);
+
+	values[COL_REQUEST_HASH] = Int64GetDatum((int64) request_hash);
+	values[COL_CREATED_AT] = TimestampTzGetDatum(now);
+	values[COL_EXPIRES_AT] = TimestampTzGetDatum(now + (TimestampTz) idem_ttl * USECS_PER_SEC);
+	values[COL_OWNER] = ObjectIdGetDatum(owner);
+	values[COL_KEY] = PointerGetDatum(key);
+	values[COL_OUTCOME] = JsonbPGetDatum(outcome);
+	tuple = heap_form_tuple(RelationGetDescr(heap), values, nulls);
+
+	simple_heap_insert(heap, tuple);
+	InsertIndexEntries(heap, tuple);
+
+	heap_freetuple(tuple);
+	table_close(heap, NoLock);
+}

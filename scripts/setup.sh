@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# setup.sh: install what building and testing idem needs on Debian 12.
+# Safe to run again: packages already present are left alone.
+set -euo pipefail
+
+packages=(postgresql-15 postgresql-server-dev-15 postgresql-contrib-15 libipc-run-perl
+          libcurl4-openssl-dev make gcc)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "setup.sh: missing packages ${missing[*]}; run as root to install them" >&2
+        exit 1
+    fi
+    echo "setup.sh: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q >/dev/null
+    apt-get install -y -q "${missing[@]}" >/dev/null
+fi

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# test.sh: build idem and run its whole test suite on throwaway clusters.
+#
+#   scripts/test.sh            pg_regress, isolation specs and TAP tests
+#
+# Installs the packages it needs (scripts/setup.sh), builds and installs the
+# extension, copies the tree to a scratch folder the postgres user can write
+# (the test tools write results/, output_iso/ and tmp_check/ into it), starts
+# a throwaway cluster on a unix socket, and runs every suite even when an
+# earlier one fails.  Ends with a line "N passed, N failed" and exits non-zero
+# if anything failed.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+bash "$root/scripts/setup.sh"
+# shellcheck source=cluster.sh
+source "$root/scripts/cluster.sh"
+
+scratch=$(mktemp -d /tmp/idem-test.XXXXXX)
+cleanup() { cluster_stop "$scratch/cluster"; rm -rf "$scratch"; }
+trap cleanup EXIT
+
+echo "== build and install"
+make -C "$root" -s clean
+make -C "$root" -s
+make -C "$root" -s install
+
+cp -a "$root/." "$scratch/src"
+rm -rf "$scratch/src/results" "$scratch/src/output_iso" "$scratch/src/tmp_check"
+[ "$(id -u)" -eq 0 ] && chown -R postgres: "$scratch"
+
+cluster_start "$scratch/cluster"
+
+passed=0
+failed=0
+failures=()
+
+# Run one suite through PGXS; count its tests from the runner's own lines.
+run_suite() {
+    local name=$1; shift
+    local log="$scratch/$name.log"
+    echo "== $name"
+    if as_pg make -C "$scratch/src" -s installcheck "$@" >"$log" 2>&1; then :; else failures+=("$name"); fi
+    cat "$log"
+    local ok bad
+    case $name in
+        tap)
+            ok=$(grep -cE '^t/.*\.pl \.+ ok' "$log" || true)
+            bad=$(grep -cE '^t/.*\.pl \.+ (Dubious|Failed|[0-9]+/[0-9]+)' "$log" || true)
+            ;;
+        *)
+            ok=$(grep -cE '^(ok|test) .* \.\.\. ok|^ok +[0-9]+ +[-+] ' "$log" || true)
+            bad=$(grep -cE 'FAILED|^not ok' "$log" || true)
+            ;;
+    esac
+    passed=$((passed + ok))
+    failed=$((failed + bad))
+    for diffs in "$scratch/src/regression.diffs" "$scratch/src/output_iso/regression.diffs"; do
+        if [ -s "$diffs" ]; then echo "-- $diffs:"; head -300 "$diffs"; fi
+    done
+    if [ "$name" = tap ] && [ -d "$scratch/src/tmp_check/log" ] && grep -qE 'Failed|Dubious' "$log"; then
+        for f in "$scratch"/src/tmp_check/log/regress_log_*; do echo "-- $f:"; tail -60 "$f"; done
+    fi
+}
+
+run_suite regress ISOLATION= TAP_TESTS=
+run_suite isolation REGRESS= TAP_TESTS=
+run_suite tap REGRESS= ISOLATION= PROVE_FLAGS=--timer
+
+echo
+if [ ${#failures[@]} -gt 0 ] && [ "$failed" -eq 0 ]; then failed=${#failures[@]}; fi
+echo "idem: $passed passed, $failed failed"
+[ ${#failures[@]} -eq 0 ] && [ "$failed" -eq 0 ]
