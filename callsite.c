@@ -348,7 +348,11 @@ GetCallSite(FunctionCallInfo fcinfo, Oid fnoid)
 
 	if (site->checked_role != role)
 	{
+#if PG_VERSION_NUM >= 160000
+		AclResult	aclresult = object_aclcheck(ProcedureRelationId, fnoid, role, ACL_EXECUTE);
+#else
 		AclResult	aclresult = pg_proc_aclcheck(fnoid, role, ACL_EXECUTE);
+#endif
 
 		if (aclresult != ACLCHECK_OK)
 			aclcheck_error(aclresult, OBJECT_FUNCTION, get_func_name(fnoid));

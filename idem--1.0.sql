@@ -52,7 +52,7 @@ COMMENT ON FUNCTION idem.last_call_replayed() IS
 -- caller's WHERE clause from seeing other roles' rows.
 CREATE VIEW idem.my_records WITH (security_barrier) AS
 SELECT r.key,
-       CASE WHEN r.expires_at > pg_catalog.clock_timestamp()
+       CASE WHEN r.expires_at OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp()
             THEN 'completed' ELSE 'expired' END AS status,
        r.outcome,
        r.created_at,

@@ -106,6 +106,7 @@ CheckKey(FunctionCallInfo fcinfo)
 		ereport(ERROR,
 				(errcode(ERRCODE_IDEM_INVALID_KEY),
 				 errmsg("idempotency key must not be null"),
+				 errdetail("The key is what tells a retry of a request from a new request."),
 				 errhint("Pass the key the client sent with the request, such as its Idempotency-Key header.")));
 	key = PG_GETARG_TEXT_PP(0);
 	bytes = VARSIZE_ANY_EXHDR(key);
@@ -113,6 +114,7 @@ CheckKey(FunctionCallInfo fcinfo)
 		ereport(ERROR,
 				(errcode(ERRCODE_IDEM_INVALID_KEY),
 				 errmsg("idempotency key must not be empty"),
+				 errdetail("The key is what tells a retry of a request from a new request."),
 				 errhint("Pass the key the client sent with the request, such as its Idempotency-Key header.")));
 	/* a key has at most as many characters as bytes */
 	if (bytes > idem_max_key_length)
@@ -183,6 +185,7 @@ idempotent_call(PG_FUNCTION_ARGS)
 	RecordProbe probe;
 	TimestampTz now;
 	TimestampTz deadline = 0;
+	TimestampTz expires_at;
 	bool		locked = false;
 	Jsonb	   *outcome;
 
@@ -193,6 +196,7 @@ idempotent_call(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("function of idempotent call with key \"%s\" must not be null",
 						KeyForMessage(key)),
+				 errdetail("idem.idempotent_call needs the function to run on the first call."),
 				 errhint("Name the function with its argument types, for example 'shop.place_order(jsonb)'.")));
 	site = GetCallSite(fcinfo, PG_GETARG_OID(1));
 	ReadArguments(site, fcinfo, values, nulls);
@@ -236,7 +240,10 @@ idempotent_call(PG_FUNCTION_ARGS)
 	outcome = RunFunction(site, values, nulls,
 						  OidIsValid(PG_GET_COLLATION()) ? PG_GET_COLLATION() : DEFAULT_COLLATION_OID,
 						  owner, key);
-	WriteRecord(owner, key, request_hash, outcome, GetCurrentTimestamp(),
+	/* read idem.ttl after fn, so that a SET LOCAL in fn applies as well */
+	now = GetCurrentTimestamp();
+	expires_at = now + (TimestampTz) idem_ttl * USECS_PER_SEC;
+	WriteRecord(owner, key, request_hash, outcome, now, expires_at,
 				probe.state == RECORD_EXPIRED ? &probe.tid : NULL);
 	UnlockKey(owner, key);
 	last_call_state = 0;

@@ -71,7 +71,8 @@ typedef struct RecordProbe
 
 extern void ProbeRecord(Oid owner, text *key, TimestampTz now, RecordProbe *probe);
 extern void WriteRecord(Oid owner, text *key, uint64 request_hash, Jsonb *outcome,
-						TimestampTz now, ItemPointer expired_tid);
+						TimestampTz created_at, TimestampTz expires_at,
+						ItemPointer expired_tid);
 
 /* keylock.c */
 extern void LockKey(Oid owner, text *key, TimestampTz deadline);

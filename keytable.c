@@ -163,7 +163,8 @@ ProbeRecord(Oid owner, text *key, TimestampTz now, RecordProbe *probe)
 
 			if (IsolationUsesXactSnapshot() &&
 				!TransactionIdIsCurrentTransactionId(xmin) &&
-				XidInMVCCSnapshot(xmin, GetActiveSnapshot()))
+				XidInMVCCSnapshot(xmin, ActiveSnapshotSet() ?
+								  GetActiveSnapshot() : GetTransactionSnapshot()))
 				ereport(ERROR,
 						(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
 						 errmsg("could not serialize access due to a concurrent idempotent call with key \"%s\"",
@@ -263,7 +264,7 @@ InsertIndexEntries(Relation heap, HeapTuple tuple)
  */
 void
 WriteRecord(Oid owner, text *key, uint64 request_hash, Jsonb *outcome,
-			TimestampTz now, ItemPointer expired_tid)
+			TimestampTz created_at, TimestampTz expires_at, ItemPointer expired_tid)
 {
 	Relation	heap;
 	Datum		values[RECORD_COLUMNS];
@@ -278,8 +279,8 @@ WriteRecord(Oid owner, text *key, uint64 request_hash, Jsonb *outcome,
 		DeleteExpiredRecord(heap, expired_tid);
 
 	values[COL_REQUEST_HASH] = Int64GetDatum((int64) request_hash);
-	values[COL_CREATED_AT] = TimestampTzGetDatum(now);
-	values[COL_EXPIRES_AT] = TimestampTzGetDatum(now + (TimestampTz) idem_ttl * USECS_PER_SEC);
+	values[COL_CREATED_AT] = TimestampTzGetDatum(created_at);
+	values[COL_EXPIRES_AT] = TimestampTzGetDatum(expires_at);
 	values[COL_OWNER] = ObjectIdGetDatum(owner);
 	values[COL_KEY] = PointerGetDatum(key);
 	values[COL_OUTCOME] = JsonbPGetDatum(outcome);

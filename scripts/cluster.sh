@@ -13,7 +13,7 @@ PG_BIN=${PG_BIN:-$(pg_config --bindir 2>/dev/null || echo /usr/lib/postgresql/15
 as_pg() {
     if [ "$(id -u)" -eq 0 ]; then
         local vars=() v
-        for v in PGHOST PGPORT PGUSER PGDATABASE; do
+        for v in PGHOST PGPORT PGUSER PGDATABASE IDEM_DESTDIR; do
             [ -n "${!v:-}" ] && vars+=("$v=${!v}")
         done
         runuser -u postgres -- env PATH="$PG_BIN:$PATH" "${vars[@]}" "$@"

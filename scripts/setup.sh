@@ -3,7 +3,7 @@
 # Safe to run again: packages already present are left alone.
 set -euo pipefail
 
-packages=(postgresql-15 postgresql-server-dev-15 postgresql-contrib-15 libipc-run-perl
+packages=(postgresql-15 postgresql-server-dev-15 libipc-run-perl
           libcurl4-openssl-dev make gcc)
 missing=()
 for p in "${packages[@]}"; do

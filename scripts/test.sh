@@ -3,10 +3,12 @@
 #
 #   scripts/test.sh            pg_regress, isolation specs and TAP tests
 #
-# Installs the packages it needs (scripts/setup.sh), builds and installs the
-# extension, copies the tree to a scratch folder the postgres user can write
-# (the test tools write results/, output_iso/ and tmp_check/ into it), starts
-# a throwaway cluster on a unix socket, and runs every suite even when an
+# Installs the packages it needs (scripts/setup.sh), builds the extension and
+# installs it below a scratch folder (make install DESTDIR=..., loaded from
+# there through Debian's extension_destdir, so the system's directories are
+# not touched), copies the tree where the postgres user can write (the test
+# tools write results/, output_iso/ and tmp_check/ into it), starts a
+# throwaway cluster on a unix socket, and runs every suite even when an
 # earlier one fails.  Ends with a line "N passed, N failed" and exits non-zero
 # if anything failed.
 set -euo pipefail
@@ -23,13 +25,14 @@ trap cleanup EXIT
 echo "== build and install"
 make -C "$root" -s clean
 make -C "$root" -s
-make -C "$root" -s install
+make -C "$root" -s install DESTDIR="$scratch/install"
+export IDEM_DESTDIR="$scratch/install"
 
 cp -a "$root/." "$scratch/src"
 rm -rf "$scratch/src/results" "$scratch/src/output_iso" "$scratch/src/tmp_check"
 [ "$(id -u)" -eq 0 ] && chown -R postgres: "$scratch"
 
-cluster_start "$scratch/cluster"
+cluster_start "$scratch/cluster" "extension_destdir = '$IDEM_DESTDIR'"
 
 passed=0
 failed=0
@@ -39,14 +42,15 @@ failures=()
 run_suite() {
     local name=$1; shift
     local log="$scratch/$name.log"
+    rm -f "$scratch/src/regression.diffs" "$scratch/src/output_iso/regression.diffs"
     echo "== $name"
     if as_pg make -C "$scratch/src" -s installcheck "$@" >"$log" 2>&1; then :; else failures+=("$name"); fi
     cat "$log"
     local ok bad
     case $name in
         tap)
-            ok=$(grep -cE '^t/.*\.pl \.+ ok' "$log" || true)
-            bad=$(grep -cE '^t/.*\.pl \.+ (Dubious|Failed|[0-9]+/[0-9]+)' "$log" || true)
+            ok=$(grep -cE '^(\[[0-9:]+\] )?t/.*\.pl \.+ ok' "$log" || true)
+            bad=$(grep -cE '^(\[[0-9:]+\] )?t/.*\.pl \.+ *$|^(\[[0-9:]+\] )?t/.*\.pl \.+ (Dubious|Failed)' "$log" || true)
             ;;
         *)
             ok=$(grep -cE '^(ok|test) .* \.\.\. ok|^ok +[0-9]+ +[-+] ' "$log" || true)

@@ -1,7 +1,7 @@
 -- Rule 6: records expire after idem.ttl; an expired record counts as absent.
--- The GUCs exist once the library is loaded: by a first call, LOAD, or
--- shared_preload_libraries.
-LOAD 'idem';
+-- The GUCs exist once the library is loaded: by the session's first call of
+-- an idem function, or at server start with shared_preload_libraries.
+SELECT idem.last_call_replayed() IS NULL AS no_call_yet;
 SHOW idem.ttl;
 SELECT expires_at - created_at AS default_ttl FROM idem.records WHERE key = 'order-1';
 
