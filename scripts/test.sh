@@ -73,6 +73,16 @@ run_suite regress ISOLATION= TAP_TESTS=
 run_suite isolation REGRESS= TAP_TESTS=
 run_suite tap REGRESS= ISOLATION= PROVE_FLAGS=--timer
 
+# The benchmark is not a test, but its smoke mode keeps it working: a few
+# seconds of every variant and workload, failing if a pgbench run fails or
+# idem runs a contended key more than once.
+echo "== bench smoke"
+if bash "$root/bench/run" --smoke >"$scratch/bench.log" 2>&1; then
+    echo "bench smoke ... ok"; passed=$((passed + 1))
+else
+    cat "$scratch/bench.log"; echo "bench smoke ... FAILED"; failed=$((failed + 1)); failures+=(bench)
+fi
+
 echo
 if [ ${#failures[@]} -gt 0 ] && [ "$failed" -eq 0 ]; then failed=${#failures[@]}; fi
 echo "idem: $passed passed, $failed failed"
