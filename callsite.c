@@ -34,7 +34,6 @@
 #include "catalog/pg_type.h"
 #include "commands/defrem.h"
 #include "common/cryptohash.h"
-#include "common/hashfn.h"
 #include "common/sha2.h"
 #include "funcapi.h"
 #include "miscadmin.h"
@@ -87,7 +86,7 @@ typedef struct FnInfo
 	bool		strict;
 	ResultForm	result;
 	Oid			rettype;
-	uint64		signature_hash; /* of the qualified signature */
+	uint8		signature_digest[PG_SHA256_DIGEST_LENGTH];	/* of the qualified signature */
 	int			nargs;
 	FnParam		params[FUNC_MAX_ARGS];
 } FnInfo;
@@ -176,6 +175,20 @@ HasEqualImage(Oid type)
 										  ObjectIdGetDatum(type)));
 }
 
+/* SHA-256 of a function's qualified signature, its part of every fingerprint. */
+static void
+DigestSignature(const char *signature, uint8 *digest)
+{
+	pg_cryptohash_ctx *ctx = pg_cryptohash_create(PG_SHA256);
+
+	if (pg_cryptohash_init(ctx) < 0 ||
+		pg_cryptohash_update(ctx, (const uint8 *) signature, strlen(signature)) < 0 ||
+		pg_cryptohash_final(ctx, digest, PG_SHA256_DIGEST_LENGTH) < 0)
+		elog(ERROR, "could not compute request fingerprint: %s",
+			 pg_cryptohash_error(ctx));
+	pg_cryptohash_free(ctx);
+}
+
 /* Fill an FnInfo from the catalogs, refusing functions that cannot be run. */
 static void
 BuildFnInfo(FnInfo *info, Oid fnoid)
@@ -241,8 +254,7 @@ BuildFnInfo(FnInfo *info, Oid fnoid)
 
 	/* The qualified signature survives dump and restore; the OID does not. */
 	signature = format_procedure_qualified(fnoid);
-	info->signature_hash = hash_bytes_extended((const unsigned char *) signature,
-											   strlen(signature), 0);
+	DigestSignature(signature, info->signature_digest);
 	pfree(signature);
 	info->valid = true;
 }
@@ -545,9 +557,7 @@ RequestFingerprint(CallSite *site, Datum *values, bool *nulls)
 	if (pg_cryptohash_init(ctx) < 0)
 		elog(ERROR, "could not compute request fingerprint: %s",
 			 pg_cryptohash_error(ctx));
-	for (int b = 0; b < 8; b++)
-		digest[b] = (uint8) (site->fn.signature_hash >> (8 * (7 - b)));
-	DigestItem(ctx, 'f', digest, 8);
+	DigestItem(ctx, 'f', site->fn.signature_digest, PG_SHA256_DIGEST_LENGTH);
 	for (int i = 0; i < site->fn.nargs; i++)
 	{
 		if (nulls[i])
