@@ -82,7 +82,6 @@ typedef struct FnParam
 typedef struct FnInfo
 {
 	Oid			fnoid;			/* hash key */
-	bool		valid;
 	bool		strict;
 	ResultForm	result;
 	Oid			rettype;
@@ -256,7 +255,6 @@ BuildFnInfo(FnInfo *info, Oid fnoid)
 	signature = format_procedure_qualified(fnoid);
 	DigestSignature(signature, info->signature_digest);
 	pfree(signature);
-	info->valid = true;
 }
 
 /* Return the cached FnInfo of fnoid, building it if needed. */

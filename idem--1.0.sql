@@ -13,7 +13,9 @@ CREATE TABLE idem.records (
     owner regrole NOT NULL,
     key text COLLATE "C" NOT NULL,
     outcome jsonb NOT NULL,
-    CONSTRAINT records_pkey PRIMARY KEY (owner, key)
+    -- key first: it tells keys apart at the first column, so a lookup
+    -- compares one column per index entry instead of two
+    CONSTRAINT records_pkey PRIMARY KEY (key, owner)
 ) USING heap;
 
 REVOKE ALL ON TABLE idem.records FROM PUBLIC;

@@ -103,6 +103,17 @@ ResolveKeyTable(void)
 				 errhint("Drop and re-create the extension.")));
 	records_pkey = rel->rd_pkindex;
 	table_close(rel, AccessShareLock);
+
+	/* the probe's scan keys are built for exactly these columns */
+	rel = index_open(records_pkey, AccessShareLock);
+	if (rel->rd_index->indnkeyatts != 2 ||
+		rel->rd_index->indkey.values[0] != COL_KEY + 1 ||
+		rel->rd_index->indkey.values[1] != COL_OWNER + 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("the primary key of idem.records is not the one idem created"),
+				 errhint("Drop and re-create the extension.")));
+	index_close(rel, AccessShareLock);
 	records_relid = relid;
 }
 
@@ -134,11 +145,11 @@ ProbeRecord(Oid owner, text *key, TimestampTz now, RecordProbe *probe)
 	index = index_open(pkey, AccessShareLock);
 
 	InitDirtySnapshot(dirty);
-	ScanKeyInit(&scankeys[0], 1, BTEqualStrategyNumber, F_OIDEQ,
-				ObjectIdGetDatum(owner));
-	ScanKeyEntryInitialize(&scankeys[1], 0, 2, BTEqualStrategyNumber, InvalidOid,
-						   index->rd_indcollation[1], F_TEXTEQ,
+	ScanKeyEntryInitialize(&scankeys[0], 0, 1, BTEqualStrategyNumber, InvalidOid,
+						   index->rd_indcollation[0], F_TEXTEQ,
 						   PointerGetDatum(key));
+	ScanKeyInit(&scankeys[1], 2, BTEqualStrategyNumber, F_OIDEQ,
+				ObjectIdGetDatum(owner));
 
 	slot = table_slot_create(heap, NULL);
 	scan = index_beginscan(heap, index, &dirty, 2, 0);
