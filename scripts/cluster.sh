@@ -3,6 +3,9 @@
 #   cluster_start DIR     initdb into DIR and start a server listening only on
 #                         a unix socket in DIR; sets PGHOST, PGPORT, PGUSER
 #   cluster_stop DIR      stop it (immediate) and remove DIR
+#   stage_build ROOT DIR  build idem in ROOT, install it below DIR/install
+#                         (exports IDEM_DESTDIR) and copy the tree to DIR/src,
+#                         writable by the user that runs the tests
 #
 # As root, the server and clients run as the postgres user (the server
 # refuses root); as anyone else, as that user.
@@ -56,4 +59,14 @@ cluster_stop() {
     local dir=$1
     [ -d "$dir/data" ] && as_pg pg_ctl -D "$dir/data" -m immediate -w stop >/dev/null 2>&1 || true
     rm -rf "$dir"
+}
+
+stage_build() {
+    local root=$1 dir=$2
+    make -C "$root" -s
+    make -C "$root" -s install DESTDIR="$dir/install"
+    export IDEM_DESTDIR="$dir/install"
+    cp -a "$root/." "$dir/src"
+    rm -rf "$dir/src/results" "$dir/src/output_iso" "$dir/src/tmp_check"
+    if [ "$(id -u)" -eq 0 ]; then chown -R postgres: "$dir"; fi
 }

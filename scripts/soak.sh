@@ -36,12 +36,7 @@ source "$root/scripts/cluster.sh"
 scratch=$(mktemp -d /tmp/idem-soak.XXXXXX)
 trap 'rm -rf "$scratch"' EXIT
 
-make -C "$root" -s
-make -C "$root" -s install DESTDIR="$scratch/install"
-export IDEM_DESTDIR="$scratch/install"
-cp -a "$root/." "$scratch/src"
-rm -rf "$scratch/src/results" "$scratch/src/output_iso" "$scratch/src/tmp_check"
-[ "$(id -u)" -eq 0 ] && chown -R postgres: "$scratch"
+stage_build "$root" "$scratch"
 
 echo "== soak: race with kills for $minutes minute(s), $workers clients"
 status=0

@@ -26,13 +26,7 @@ trap cleanup EXIT
 
 echo "== build and install"
 make -C "$root" -s clean
-make -C "$root" -s
-make -C "$root" -s install DESTDIR="$scratch/install"
-export IDEM_DESTDIR="$scratch/install"
-
-cp -a "$root/." "$scratch/src"
-rm -rf "$scratch/src/results" "$scratch/src/output_iso" "$scratch/src/tmp_check"
-[ "$(id -u)" -eq 0 ] && chown -R postgres: "$scratch"
+stage_build "$root" "$scratch"
 
 cluster_start "$scratch/cluster" "extension_destdir = '$IDEM_DESTDIR'"
 
