@@ -48,6 +48,7 @@
 #include "utils/memutils.h"
 #include "utils/numeric.h"
 #include "utils/regproc.h"
+#include "utils/resowner.h"
 #include "utils/syscache.h"
 #include "utils/typcache.h"
 
@@ -78,34 +79,48 @@ typedef struct FnParam
 	Oid			input_ioparam;
 } FnParam;
 
-/* Catalog facts about fn, cached per backend. */
-typedef struct FnInfo
+/* Catalog facts about fn apart from its parameters. */
+typedef struct FnSummary
 {
-	Oid			fnoid;			/* hash key */
+	Oid			fnoid;
 	bool		strict;
 	ResultForm	result;
 	Oid			rettype;
 	uint8		signature_digest[PG_SHA256_DIGEST_LENGTH];	/* of the qualified signature */
 	int			nargs;
+} FnSummary;
+
+/* Catalog facts about fn, cached per backend. */
+typedef struct FnInfo
+{
+	Oid			fnoid;			/* hash key */
+	FnSummary	fn;
+	FmgrInfo	flinfo;			/* resolved once, never called: call sites copy it */
 	FnParam		params[FUNC_MAX_ARGS];
 } FnInfo;
 
 /* One parameter at one call site. */
 typedef struct CallArg
 {
+	FnParam		param;
 	bool		literal;		/* passed as an untyped literal */
 	FmgrInfo	input;			/* literal */
 	FmgrInfo	hash;			/* ARG_HASH_VIA_JSONB: to_jsonb */
 } CallArg;
 
+/*
+ * Everything here is copied out of the FnInfo, since an invalidation may
+ * free FnInfo entries while a call is running.
+ */
 struct CallSite
 {
-	Oid			fnoid;
-	MemoryContext fn_cxt;		/* what fmgr and to_jsonb keep for this fn */
+	Oid			fnoid;			/* InvalidOid until set up */
+	MemoryContext switch_cxt;	/* made once the site switches to another fn */
 	Oid			checked_role;	/* role whose EXECUTE right was checked */
-	FnInfo		fn;				/* copy: FnInfo entries may be rebuilt */
+	FnSummary	fn;
 	FmgrInfo	flinfo;			/* calls fn */
 	FmgrInfo	result_to_jsonb;	/* RESULT_VIA_JSONB */
+	int			room;			/* length of args */
 	CallArg		args[FLEXIBLE_ARRAY_MEMBER];
 };
 
@@ -222,18 +237,19 @@ BuildFnInfo(FnInfo *info, Oid fnoid)
 				 errhint("Wrap it in a function that aggregates the rows, for example with jsonb_agg.")));
 
 	info->fnoid = fnoid;
-	info->strict = proc->proisstrict;
-	info->rettype = proc->prorettype;
-	info->nargs = proc->pronargs;
-	CheckUsableType(fnoid, info->rettype, true);
-	if (info->rettype == JSONBOID)
-		info->result = RESULT_JSONB;
-	else if (info->rettype == VOIDOID)
-		info->result = RESULT_VOID;
+	info->fn.fnoid = fnoid;
+	info->fn.strict = proc->proisstrict;
+	info->fn.rettype = proc->prorettype;
+	info->fn.nargs = proc->pronargs;
+	CheckUsableType(fnoid, info->fn.rettype, true);
+	if (info->fn.rettype == JSONBOID)
+		info->fn.result = RESULT_JSONB;
+	else if (info->fn.rettype == VOIDOID)
+		info->fn.result = RESULT_VOID;
 	else
-		info->result = RESULT_VIA_JSONB;
+		info->fn.result = RESULT_VIA_JSONB;
 
-	for (int i = 0; i < info->nargs; i++)
+	for (int i = 0; i < info->fn.nargs; i++)
 	{
 		FnParam    *param = &info->params[i];
 
@@ -253,8 +269,10 @@ BuildFnInfo(FnInfo *info, Oid fnoid)
 
 	/* The qualified signature survives dump and restore; the OID does not. */
 	signature = format_procedure_qualified(fnoid);
-	DigestSignature(signature, info->signature_digest);
+	DigestSignature(signature, info->fn.signature_digest);
 	pfree(signature);
+
+	fmgr_info_cxt(fnoid, &info->flinfo, TopMemoryContext);
 }
 
 /* Return the cached FnInfo of fnoid, building it if needed. */
@@ -331,7 +349,7 @@ CheckCallArguments(CallSite *site, FunctionCallInfo fcinfo)
 	for (int i = 0; i < given; i++)
 	{
 		Oid			actual = get_fn_expr_argtype(fcinfo->flinfo, i + 2);
-		Oid			declared = site->fn.params[i].type;
+		Oid			declared = site->args[i].param.type;
 
 		if (!OidIsValid(actual))
 			ereport(ERROR,
@@ -365,47 +383,56 @@ GetCallSite(FunctionCallInfo fcinfo, Oid fnoid)
 	if (site == NULL || site->fnoid != fnoid)
 	{
 		FnInfo	   *info = LookupFnInfo(fnoid);
+		int			nargs = info->fn.nargs;
+		MemoryContext cxt;
 
-		if (site == NULL || site->fn.nargs < info->nargs)
-		{
-			CallSite   *old = site;
-
-			site = MemoryContextAllocZero(mcxt, offsetof(CallSite, args) +
-										  sizeof(CallArg) * Max(info->nargs, 1));
-			if (old != NULL)
-			{
-				site->fn_cxt = old->fn_cxt;
-				pfree(old);
-			}
-			else
-				site->fn_cxt = AllocSetContextCreate(mcxt, "idem call site",
-													 ALLOCSET_SMALL_SIZES);
-			fcinfo->flinfo->fn_extra = site;
-		}
 		/*
 		 * A call site that switches between functions (fn taken from a
 		 * column) frees what it kept for the previous one.
 		 */
-		MemoryContextReset(site->fn_cxt);
+		if (site != NULL)
+		{
+			if (site->switch_cxt == NULL)
+				site->switch_cxt = AllocSetContextCreate(mcxt, "idem call site",
+														 ALLOCSET_SMALL_SIZES);
+			else
+				MemoryContextReset(site->switch_cxt);
+		}
+		if (site == NULL || site->room < nargs)
+		{
+			CallSite   *old = site;
+
+			site = MemoryContextAlloc(mcxt, offsetof(CallSite, args) +
+									  sizeof(CallArg) * Max(nargs, 1));
+			site->room = Max(nargs, 1);
+			site->switch_cxt = old != NULL ? old->switch_cxt : NULL;
+			if (old != NULL)
+				pfree(old);
+			fcinfo->flinfo->fn_extra = site;
+		}
+		cxt = site->switch_cxt != NULL ? site->switch_cxt : mcxt;
 		site->fnoid = InvalidOid;
 		site->checked_role = InvalidOid;
-		site->fn = *info;
-		fmgr_info_cxt(fnoid, &site->flinfo, site->fn_cxt);
+
+		/* copy before any catalog access can process invalidations */
+		site->fn = info->fn;
+		fmgr_info_copy(&site->flinfo, &info->flinfo, cxt);
+		for (int i = 0; i < nargs; i++)
+			site->args[i].param = info->params[i];
+
 		if (site->fn.result == RESULT_VIA_JSONB)
-			InitToJsonb(&site->result_to_jsonb, site->fn.rettype, site->fn_cxt);
+			InitToJsonb(&site->result_to_jsonb, site->fn.rettype, cxt);
 		CheckCallArguments(site, fcinfo);
-		for (int i = 0; i < site->fn.nargs; i++)
+		for (int i = 0; i < nargs; i++)
 		{
-			FnParam    *param = &site->fn.params[i];
 			CallArg    *arg = &site->args[i];
 
 			if (arg->literal)
-				fmgr_info_cxt(param->input_proc, &arg->input, site->fn_cxt);
-			if (param->hash == ARG_HASH_VIA_JSONB)
-				InitToJsonb(&arg->hash, param->type, site->fn_cxt);
+				fmgr_info_cxt(arg->param.input_proc, &arg->input, cxt);
+			if (arg->param.hash == ARG_HASH_VIA_JSONB)
+				InitToJsonb(&arg->hash, arg->param.type, cxt);
 		}
 		site->fnoid = fnoid;
-		fcinfo->flinfo->fn_extra = site;
 	}
 
 	if (site->checked_role != role)
@@ -438,7 +465,7 @@ ReadArguments(CallSite *site, FunctionCallInfo fcinfo, Datum *values, bool *null
 		if (site->args[i].literal && !nulls[i])
 			values[i] = InputFunctionCall(&site->args[i].input,
 										  DatumGetCString(values[i]),
-										  site->fn.params[i].input_ioparam, -1);
+										  site->args[i].param.input_ioparam, -1);
 	}
 }
 
@@ -544,38 +571,79 @@ DigestImage(pg_cryptohash_ctx *ctx, FnParam *param, Datum value)
 	}
 }
 
-/* Digest fn's identity and its arguments into the request fingerprint. */
+/*
+ * Return the digest context the fingerprint is computed in: one per backend,
+ * reinitialised for each fingerprint, since creating one looks up the
+ * algorithm in OpenSSL each time.  It is registered with a resource owner
+ * of its own that is never released, so that transaction ends leave it alone.
+ */
+static pg_cryptohash_ctx *
+FingerprintDigest(void)
+{
+	static pg_cryptohash_ctx *digest_ctx = NULL;
+	static ResourceOwner digest_owner = NULL;
+
+	if (digest_ctx == NULL)
+	{
+		ResourceOwner saved_owner = CurrentResourceOwner;
+
+		if (digest_owner == NULL)
+			digest_owner = ResourceOwnerCreate(NULL, "idem fingerprint");
+		CurrentResourceOwner = digest_owner;
+		PG_TRY();
+		{
+			digest_ctx = pg_cryptohash_create(PG_SHA256);
+		}
+		PG_FINALLY();
+		{
+			CurrentResourceOwner = saved_owner;
+		}
+		PG_END_TRY();
+	}
+	if (pg_cryptohash_init(digest_ctx) < 0)
+		elog(ERROR, "could not compute request fingerprint: %s",
+			 pg_cryptohash_error(digest_ctx));
+	return digest_ctx;
+}
+
+/*
+ * Digest fn's identity and its arguments into the request fingerprint.
+ * Arguments are turned into jsonb first, so that no user code (casts,
+ * output functions) runs while the shared digest context is in use.
+ */
 uint64
 RequestFingerprint(CallSite *site, Datum *values, bool *nulls)
 {
-	pg_cryptohash_ctx *ctx = pg_cryptohash_create(PG_SHA256);
+	Datum		as_jsonb[FUNC_MAX_ARGS];
+	pg_cryptohash_ctx *ctx;
 	uint8		digest[PG_SHA256_DIGEST_LENGTH];
 	uint64		hash = 0;
 
-	if (pg_cryptohash_init(ctx) < 0)
-		elog(ERROR, "could not compute request fingerprint: %s",
-			 pg_cryptohash_error(ctx));
+	for (int i = 0; i < site->fn.nargs; i++)
+	{
+		if (!nulls[i] && site->args[i].param.hash == ARG_HASH_VIA_JSONB)
+			as_jsonb[i] = FunctionCall1(&site->args[i].hash, values[i]);
+		else
+			as_jsonb[i] = values[i];
+	}
+
+	ctx = FingerprintDigest();
 	DigestItem(ctx, 'f', site->fn.signature_digest, PG_SHA256_DIGEST_LENGTH);
 	for (int i = 0; i < site->fn.nargs; i++)
 	{
 		if (nulls[i])
 			DigestItem(ctx, 'z', NULL, 0);
-		else if (site->fn.params[i].hash == ARG_HASH_TYPE)
-			DigestImage(ctx, &site->fn.params[i], values[i]);
+		else if (site->args[i].param.hash == ARG_HASH_TYPE)
+			DigestImage(ctx, &site->args[i].param, values[i]);
 		else
 		{
-			Datum		jb = values[i];
-
-			if (site->fn.params[i].hash == ARG_HASH_VIA_JSONB)
-				jb = FunctionCall1(&site->args[i].hash, values[i]);
 			DigestItem(ctx, 'j', NULL, 0);
-			DigestJsonb(ctx, DatumGetJsonbP(jb));
+			DigestJsonb(ctx, DatumGetJsonbP(as_jsonb[i]));
 		}
 	}
 	if (pg_cryptohash_final(ctx, digest, sizeof(digest)) < 0)
 		elog(ERROR, "could not compute request fingerprint: %s",
 			 pg_cryptohash_error(ctx));
-	pg_cryptohash_free(ctx);
 	for (int b = 0; b < 8; b++)
 		hash = (hash << 8) | digest[b];
 	return hash;

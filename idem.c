@@ -185,6 +185,7 @@ idempotent_call(PG_FUNCTION_ARGS)
 	bool		nulls[FUNC_MAX_ARGS];
 	uint64		request_hash;
 	Oid			owner = GetUserId();
+	KeyTable	table;
 	RecordProbe probe;
 	TimestampTz now;
 	TimestampTz deadline = 0;
@@ -205,16 +206,21 @@ idempotent_call(PG_FUNCTION_ARGS)
 	ReadArguments(site, fcinfo, values, nulls);
 	request_hash = RequestFingerprint(site, values, nulls);
 
+	OpenKeyTable(&table, owner, key);
 	for (;;)
 	{
 		now = GetCurrentTimestamp();
-		ProbeRecord(owner, key, now, &probe);
+		ProbeRecord(&table, key, now, &probe);
 		if (probe.state == RECORD_LIVE)
 			break;
 		if (deadline == 0)
 			deadline = TimestampTzPlusMilliseconds(now, idem_wait_timeout);
 		if (probe.state == RECORD_BUSY)
+		{
+			/* pin nothing while waiting */
+			EndProbes(&table);
 			WaitForWriter(probe.busy_xid, key, deadline);
+		}
 		else if (locked)
 			break;
 		else
@@ -227,6 +233,7 @@ idempotent_call(PG_FUNCTION_ARGS)
 
 	if (probe.state == RECORD_LIVE)
 	{
+		CloseKeyTable(&table);
 		if (locked)
 			UnlockKey(owner, key);
 		if (probe.request_hash != request_hash)
@@ -240,14 +247,16 @@ idempotent_call(PG_FUNCTION_ARGS)
 		PG_RETURN_JSONB_P(probe.outcome);
 	}
 
+	EndProbes(&table);
 	outcome = RunFunction(site, values, nulls,
 						  OidIsValid(PG_GET_COLLATION()) ? PG_GET_COLLATION() : DEFAULT_COLLATION_OID,
 						  owner, key);
 	/* read idem.ttl after fn, so that a SET LOCAL in fn applies as well */
 	now = GetCurrentTimestamp();
 	expires_at = now + (TimestampTz) idem_ttl * USECS_PER_SEC;
-	WriteRecord(owner, key, request_hash, outcome, now, expires_at,
+	WriteRecord(&table, owner, key, request_hash, outcome, now, expires_at,
 				probe.state == RECORD_EXPIRED ? &probe.tid : NULL);
+	CloseKeyTable(&table);
 	SyncRecordOutcome(owner, key, outcome, expires_at);
 	UnlockKey(owner, key);
 	last_call_state = 0;

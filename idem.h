@@ -15,9 +15,14 @@
 
 #include "postgres.h"
 
+#include "access/genam.h"
 #include "access/htup.h"
+#include "access/skey.h"
+#include "executor/tuptable.h"
 #include "fmgr.h"
 #include "storage/itemptr.h"
+#include "utils/relcache.h"
+#include "utils/snapshot.h"
 #include "utils/jsonb.h"
 #include "utils/timestamp.h"
 
@@ -69,10 +74,29 @@ typedef struct RecordProbe
 	Jsonb	   *outcome;		/* RECORD_LIVE: the recorded outcome */
 } RecordProbe;
 
-extern void ProbeRecord(Oid owner, text *key, TimestampTz now, RecordProbe *probe);
-extern void WriteRecord(Oid owner, text *key, uint64 request_hash, Jsonb *outcome,
+/*
+ * The key table as one call uses it: opened once, probed once or twice
+ * through one scan, written at most once.
+ */
+typedef struct KeyTable
+{
+	Relation	heap;
+	Relation	index;			/* the primary key, (key, owner) */
+	IndexScanDesc scan;			/* the probe's scan; NULL before a probe */
+	TupleTableSlot *slot;
+	SnapshotData dirty;			/* sees uncommitted rows and their writers */
+	ScanKeyData scankeys[2];
+} KeyTable;
+
+extern void OpenKeyTable(KeyTable *table, Oid owner, text *key);
+extern void ProbeRecord(KeyTable *table, text *key, TimestampTz now,
+						RecordProbe *probe);
+extern void EndProbes(KeyTable *table);
+extern void WriteRecord(KeyTable *table, Oid owner, text *key,
+						uint64 request_hash, Jsonb *outcome,
 						TimestampTz created_at, TimestampTz expires_at,
 						ItemPointer expired_tid);
+extern void CloseKeyTable(KeyTable *table);
 
 /* keylock.c */
 extern void LockKey(Oid owner, text *key, TimestampTz deadline);

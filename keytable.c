@@ -31,6 +31,7 @@
 #include "executor/tuptable.h"
 #include "miscadmin.h"
 #include "nodes/execnodes.h"
+#include "storage/lmgr.h"
 #include "utils/fmgroids.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
@@ -118,48 +119,87 @@ ResolveKeyTable(void)
 }
 
 /*
- * Probe idem.records for (owner, key): report a live record with its
- * fingerprint and outcome, an expired one, none, or the transaction that is
- * writing one right now.
+ * Open the key table for one call on (owner, key): the heap, its primary key
+ * and the scan keys of the probe.  Locks are kept to the end of the
+ * transaction, as the executor keeps them, so that a second call in the
+ * same transaction finds them already held.
+ */
+void
+OpenKeyTable(KeyTable *table, Oid owner, text *key)
+{
+	Oid			pkey;
+
+	if (!OidIsValid(records_relid))
+		ResolveKeyTable();
+	/* opening the table may process invalidations that reset records_pkey */
+	pkey = records_pkey;
+	table->heap = table_open(records_relid, AccessShareLock);
+	table->index = index_open(pkey, AccessShareLock);
+	table->scan = NULL;
+	table->slot = NULL;
+
+	ScanKeyEntryInitialize(&table->scankeys[0], 0, 1, BTEqualStrategyNumber,
+						   InvalidOid, table->index->rd_indcollation[0],
+						   F_TEXTEQ, PointerGetDatum(key));
+	ScanKeyInit(&table->scankeys[1], 2, BTEqualStrategyNumber, F_OIDEQ,
+				ObjectIdGetDatum(owner));
+}
+
+/*
+ * End the probe scan, dropping its buffer pins, so that nothing is pinned
+ * while fn runs.
+ */
+void
+EndProbes(KeyTable *table)
+{
+	if (table->scan != NULL)
+	{
+		index_endscan(table->scan);
+		ExecDropSingleTupleTableSlot(table->slot);
+		table->scan = NULL;
+		table->slot = NULL;
+	}
+}
+
+/* Close the key table opened by OpenKeyTable; its locks stay held. */
+void
+CloseKeyTable(KeyTable *table)
+{
+	EndProbes(table);
+	index_close(table->index, NoLock);
+	table_close(table->heap, NoLock);
+}
+
+/*
+ * Probe the key table for the call's (owner, key): report a live record
+ * with its fingerprint and outcome, an expired one, none, or the transaction
+ * that is writing one right now.  A second probe of the same call reuses the
+ * scan of the first.
  *
  * Under REPEATABLE READ and SERIALIZABLE, a record committed after the
  * transaction's snapshot was taken is a serialization failure: the
  * transaction can neither replay an outcome it must not see nor run fn.
  */
 void
-ProbeRecord(Oid owner, text *key, TimestampTz now, RecordProbe *probe)
+ProbeRecord(KeyTable *table, text *key, TimestampTz now, RecordProbe *probe)
 {
-	Oid			pkey;
-	Relation	heap;
-	Relation	index;
-	SnapshotData dirty;
-	ScanKeyData scankeys[2];
-	IndexScanDesc scan;
 	TupleTableSlot *slot;
 
-	if (!OidIsValid(records_relid))
-		ResolveKeyTable();
-	/* opening the table may process invalidations that reset records_pkey */
-	pkey = records_pkey;
-	heap = table_open(records_relid, AccessShareLock);
-	index = index_open(pkey, AccessShareLock);
-
-	InitDirtySnapshot(dirty);
-	ScanKeyEntryInitialize(&scankeys[0], 0, 1, BTEqualStrategyNumber, InvalidOid,
-						   index->rd_indcollation[0], F_TEXTEQ,
-						   PointerGetDatum(key));
-	ScanKeyInit(&scankeys[1], 2, BTEqualStrategyNumber, F_OIDEQ,
-				ObjectIdGetDatum(owner));
-
-	slot = table_slot_create(heap, NULL);
-	scan = index_beginscan(heap, index, &dirty, 2, 0);
-	index_rescan(scan, scankeys, 2, NULL, 0);
+	if (table->scan == NULL)
+	{
+		InitDirtySnapshot(table->dirty);
+		table->slot = table_slot_create(table->heap, NULL);
+		table->scan = index_beginscan(table->heap, table->index, &table->dirty, 2, 0);
+	}
+	slot = table->slot;
+	index_rescan(table->scan, table->scankeys, 2, NULL, 0);
 
 	probe->state = RECORD_ABSENT;
 	/* the unique index admits at most one row that is not dead */
-	if (index_getnext_slot(scan, ForwardScanDirection, slot))
+	if (index_getnext_slot(table->scan, ForwardScanDirection, slot))
 	{
-		TransactionId writer = TransactionIdIsValid(dirty.xmin) ? dirty.xmin : dirty.xmax;
+		TransactionId writer = TransactionIdIsValid(table->dirty.xmin) ?
+			table->dirty.xmin : table->dirty.xmax;
 
 		if (TransactionIdIsValid(writer))
 		{
@@ -193,12 +233,8 @@ ProbeRecord(Oid owner, text *key, TimestampTz now, RecordProbe *probe)
 				probe->outcome = DatumGetJsonbPCopy(slot_getattr(slot, COL_OUTCOME + 1, &isnull));
 			}
 		}
+		ExecClearTuple(slot);
 	}
-
-	index_endscan(scan);
-	ExecDropSingleTupleTableSlot(slot);
-	index_close(index, AccessShareLock);
-	table_close(heap, AccessShareLock);
 }
 
 /*
@@ -274,17 +310,16 @@ InsertIndexEntries(Relation heap, HeapTuple tuple)
  * transaction: it commits or vanishes with fn's effects.
  */
 void
-WriteRecord(Oid owner, text *key, uint64 request_hash, Jsonb *outcome,
-			TimestampTz created_at, TimestampTz expires_at, ItemPointer expired_tid)
+WriteRecord(KeyTable *table, Oid owner, text *key, uint64 request_hash,
+			Jsonb *outcome, TimestampTz created_at, TimestampTz expires_at,
+			ItemPointer expired_tid)
 {
-	Relation	heap;
+	Relation	heap = table->heap;
 	Datum		values[RECORD_COLUMNS];
 	bool		nulls[RECORD_COLUMNS] = {false};
 	HeapTuple	tuple;
 
-	if (!OidIsValid(records_relid))
-		ResolveKeyTable();
-	heap = table_open(records_relid, RowExclusiveLock);
+	LockRelationOid(RelationGetRelid(heap), RowExclusiveLock);
 
 	if (expired_tid != NULL)
 		DeleteExpiredRecord(heap, expired_tid);
@@ -301,5 +336,4 @@ WriteRecord(Oid owner, text *key, uint64 request_hash, Jsonb *outcome,
 	InsertIndexEntries(heap, tuple);
 
 	heap_freetuple(tuple);
-	table_close(heap, NoLock);
 }
