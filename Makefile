@@ -14,7 +14,7 @@ EXTENSION = idem
 DATA = idem--1.0.sql
 PGFILEDESC = "idem - idempotency keys for PostgreSQL"
 
-REGRESS = setup call replay mismatch failure expiry roles bad_input replayed_flag hostile
+REGRESS = setup call replay mismatch failure expiry roles bad_input replayed_flag hostile key_table
 REGRESS_OPTS =
 ISOLATION = first_writer_wins rollback_frees_key many_waiters wait_timeout repeatable_read
 ISOLATION_OPTS =

@@ -6,10 +6,12 @@
  * What idempotent_call needs to know about fn (its kind, parameter types,
  * how to fingerprint each argument, how to turn its result into jsonb) comes
  * from the catalogs once per backend and function, in FnInfo entries that a
- * pg_proc or pg_type change invalidates.  Each call site of idempotent_call
- * then keeps a CallSite in fn_extra with the FmgrInfos it calls through, so
- * a statement that calls idempotent_call many times resolves fn once, and a
- * prepared statement executed many times does one hash lookup per execution.
+ * pg_proc or pg_type change invalidates; an FnInfo also holds fn's resolved
+ * FmgrInfo.  Each call site of idempotent_call keeps a CallSite in fn_extra
+ * with its own copies of these, so a statement that calls idempotent_call
+ * many times resolves fn once, and each execution of a prepared statement
+ * costs one hash lookup and a copy of a few hundred bytes, no catalog
+ * lookup beyond the EXECUTE check.
  *
  * The request fingerprint is the first 64 bits of a SHA-256 digest of fn's
  * qualified signature and a canonical encoding of its arguments as values:

@@ -10,8 +10,12 @@
  * record another transaction is still writing is found and waited for
  * instead of being missed.
  *
- * Rows are written with simple_heap_insert plus an entry in every index of
- * the table; the unique index enforces one record per (role, key).
+ * A call opens the table and its primary key once (OpenKeyTable), probes
+ * through one index scan that a second probe rescans, and writes through
+ * the same relations; locks are kept to the end of the transaction, as the
+ * executor keeps them.  Rows are written with simple_heap_insert plus an
+ * entry in every index of the table; the unique index enforces one record
+ * per (role, key).
  *
  *-------------------------------------------------------------------------
  */
