@@ -16,7 +16,7 @@ PGFILEDESC = "idem - idempotency keys for PostgreSQL"
 
 REGRESS = setup call replay mismatch failure expiry roles bad_input replayed_flag hostile key_table
 REGRESS_OPTS =
-ISOLATION = first_writer_wins rollback_frees_key many_waiters wait_timeout repeatable_read
+ISOLATION = first_writer_wins rollback_frees_key many_waiters wait_timeout repeatable_read expired_record
 ISOLATION_OPTS =
 TAP_TESTS = 1
 

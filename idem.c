@@ -226,6 +226,9 @@ idempotent_call(PG_FUNCTION_ARGS)
 		else
 		{
 			CheckWritable(key);
+			/* an expired row keeps its index page pinned; the lock may wait */
+			if (probe.state == RECORD_EXPIRED)
+				EndProbes(&table);
 			LockKey(owner, key, deadline);
 			locked = true;
 		}
