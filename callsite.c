@@ -84,7 +84,6 @@ typedef struct FnParam
 /* Catalog facts about fn apart from its parameters. */
 typedef struct FnSummary
 {
-	Oid			fnoid;
 	bool		strict;
 	ResultForm	result;
 	Oid			rettype;
@@ -239,7 +238,6 @@ BuildFnInfo(FnInfo *info, Oid fnoid)
 				 errhint("Wrap it in a function that aggregates the rows, for example with jsonb_agg.")));
 
 	info->fnoid = fnoid;
-	info->fn.fnoid = fnoid;
 	info->fn.strict = proc->proisstrict;
 	info->fn.rettype = proc->prorettype;
 	info->fn.nargs = proc->pronargs;
@@ -330,7 +328,7 @@ InitToJsonb(FmgrInfo *finfo, Oid type, MemoryContext mcxt)
  * must be an untyped literal or of a type binary-coercible to the parameter.
  */
 static void
-CheckCallArguments(CallSite *site, FunctionCallInfo fcinfo)
+CheckCallArguments(CallSite *site, FunctionCallInfo fcinfo, Oid fnoid)
 {
 	int			given = PG_NARGS() - 2;
 
@@ -338,15 +336,15 @@ CheckCallArguments(CallSite *site, FunctionCallInfo fcinfo)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("idem.idempotent_call does not take its arguments as a VARIADIC array"),
-				 errhint("Pass the arguments of %s one by one.", FnName(site->fn.fnoid))));
+				 errhint("Pass the arguments of %s one by one.", FnName(fnoid))));
 	if (given != site->fn.nargs)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_FUNCTION),
 				 errmsg("function %s takes %d argument%s, but idem.idempotent_call was given %d",
-						FnName(site->fn.fnoid), site->fn.nargs,
+						FnName(fnoid), site->fn.nargs,
 						site->fn.nargs == 1 ? "" : "s", given),
 				 errdetail("Parameter defaults are not applied by idem.idempotent_call."),
-				 errhint("Pass exactly the arguments that %s declares.", FnName(site->fn.fnoid))));
+				 errhint("Pass exactly the arguments that %s declares.", FnName(fnoid))));
 
 	for (int i = 0; i < given; i++)
 	{
@@ -364,7 +362,7 @@ CheckCallArguments(CallSite *site, FunctionCallInfo fcinfo)
 			ereport(ERROR,
 					(errcode(ERRCODE_DATATYPE_MISMATCH),
 					 errmsg("argument %d of function %s must be of type %s, not %s",
-							i + 1, FnName(site->fn.fnoid), format_type_be(declared),
+							i + 1, FnName(fnoid), format_type_be(declared),
 							format_type_be(actual)),
 					 errhint("Cast the argument, for example value::%s.",
 							 format_type_be(declared))));
@@ -424,7 +422,7 @@ GetCallSite(FunctionCallInfo fcinfo, Oid fnoid)
 
 		if (site->fn.result == RESULT_VIA_JSONB)
 			InitToJsonb(&site->result_to_jsonb, site->fn.rettype, cxt);
-		CheckCallArguments(site, fcinfo);
+		CheckCallArguments(site, fcinfo, fnoid);
 		for (int i = 0; i < nargs; i++)
 		{
 			CallArg    *arg = &site->args[i];

@@ -156,15 +156,16 @@ RunFunction(CallSite *site, Datum *values, bool *nulls, Oid collation,
 			Oid owner, text *key)
 {
 	Jsonb	   *volatile outcome = NULL;
+	RunningKey	running;
 
-	EnterKey(owner, key);
+	EnterKey(&running, owner, key);
 	PG_TRY();
 	{
 		outcome = InvokeFunction(site, values, nulls, collation);
 	}
 	PG_FINALLY();
 	{
-		LeaveKey();
+		LeaveKey(&running);
 	}
 	PG_END_TRY();
 	return outcome;
@@ -191,6 +192,7 @@ idempotent_call(PG_FUNCTION_ARGS)
 	TimestampTz deadline = 0;
 	TimestampTz expires_at;
 	bool		locked = false;
+	LOCKTAG		keylock;
 	Jsonb	   *outcome;
 
 	last_call_state = -1;
@@ -229,7 +231,7 @@ idempotent_call(PG_FUNCTION_ARGS)
 			/* an expired row keeps its index page pinned; the lock may wait */
 			if (probe.state == RECORD_EXPIRED)
 				EndProbes(&table);
-			LockKey(owner, key, deadline);
+			LockKey(&keylock, owner, key, deadline);
 			locked = true;
 		}
 	}
@@ -238,7 +240,7 @@ idempotent_call(PG_FUNCTION_ARGS)
 	{
 		CloseKeyTable(&table);
 		if (locked)
-			UnlockKey(owner, key);
+			UnlockKey(&keylock);
 		if (probe.request_hash != request_hash)
 			ereport(ERROR,
 					(errcode(ERRCODE_IDEM_KEY_MISMATCH),
@@ -261,7 +263,7 @@ idempotent_call(PG_FUNCTION_ARGS)
 				probe.state == RECORD_EXPIRED ? &probe.tid : NULL);
 	CloseKeyTable(&table);
 	SyncRecordOutcome(owner, key, outcome, expires_at);
-	UnlockKey(owner, key);
+	UnlockKey(&keylock);
 	last_call_state = 0;
 	PG_RETURN_JSONB_P(outcome);
 }

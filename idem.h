@@ -21,6 +21,7 @@
 #include "executor/tuptable.h"
 #include "fmgr.h"
 #include "storage/itemptr.h"
+#include "storage/lock.h"
 #include "utils/relcache.h"
 #include "utils/snapshot.h"
 #include "utils/jsonb.h"
@@ -98,12 +99,20 @@ extern void WriteRecord(KeyTable *table, Oid owner, text *key,
 						ItemPointer expired_tid);
 extern void CloseKeyTable(KeyTable *table);
 
+/* A key whose function is running in this backend, linked innermost first. */
+typedef struct RunningKey
+{
+	Oid			owner;
+	text	   *key;
+	struct RunningKey *outer;
+} RunningKey;
+
 /* keylock.c */
-extern void LockKey(Oid owner, text *key, TimestampTz deadline);
-extern void UnlockKey(Oid owner, text *key);
+extern void LockKey(LOCKTAG *tag, Oid owner, text *key, TimestampTz deadline);
+extern void UnlockKey(const LOCKTAG *tag);
 extern void WaitForWriter(TransactionId xid, text *key, TimestampTz deadline);
-extern void EnterKey(Oid owner, text *key);
-extern void LeaveKey(void);
+extern void EnterKey(RunningKey *running, Oid owner, text *key);
+extern void LeaveKey(RunningKey *running);
 
 /* Error helpers, idem.c */
 extern char *KeyForMessage(text *key);

@@ -41,14 +41,6 @@
  */
 #define IDEM_LOCK_CLASS	0x4944
 
-/* A key whose function is running in this backend, linked innermost first. */
-typedef struct RunningKey
-{
-	Oid			owner;
-	text	   *key;
-	struct RunningKey *outer;
-} RunningKey;
-
 static RunningKey *running_keys = NULL;
 
 static void ReportKeyInUse(text *key);
@@ -121,27 +113,22 @@ WaitBounded(const LOCKTAG *keytag, TransactionId xid, text *key,
 }
 
 /*
- * Take the key lock, waiting at most until deadline.  With
- * idem.wait_timeout = 0 the lock is only tried.
+ * Take the key lock, waiting at most until deadline, and fill in its tag
+ * for UnlockKey.  With idem.wait_timeout = 0 the lock is only tried.
  */
 void
-LockKey(Oid owner, text *key, TimestampTz deadline)
+LockKey(LOCKTAG *tag, Oid owner, text *key, TimestampTz deadline)
 {
-	LOCKTAG		tag;
-
-	KeyLockTag(&tag, owner, key);
-	if (LockAcquire(&tag, ExclusiveLock, false, true) == LOCKACQUIRE_NOT_AVAIL)
-		WaitBounded(&tag, InvalidTransactionId, key, deadline);
+	KeyLockTag(tag, owner, key);
+	if (LockAcquire(tag, ExclusiveLock, false, true) == LOCKACQUIRE_NOT_AVAIL)
+		WaitBounded(tag, InvalidTransactionId, key, deadline);
 }
 
 /* Release the key lock once the record row is written. */
 void
-UnlockKey(Oid owner, text *key)
+UnlockKey(const LOCKTAG *tag)
 {
-	LOCKTAG		tag;
-
-	KeyLockTag(&tag, owner, key);
-	LockRelease(&tag, ExclusiveLock, false);
+	LockRelease(tag, ExclusiveLock, false);
 }
 
 /*
@@ -173,18 +160,16 @@ ReportKeyInUse(text *key)
 /*
  * Note that the function of this (role, key) is about to run in this
  * backend; a nested call on the same key is refused.  The caller provides
- * the list node and must call LeaveKey on every exit.
+ * the list node (on its stack) and must call LeaveKey on every exit.
  */
 void
-EnterKey(Oid owner, text *key)
+EnterKey(RunningKey *running, Oid owner, text *key)
 {
-	RunningKey *running;
-
-	for (running = running_keys; running != NULL; running = running->outer)
+	for (RunningKey *other = running_keys; other != NULL; other = other->outer)
 	{
-		if (running->owner == owner &&
-			VARSIZE_ANY_EXHDR(running->key) == VARSIZE_ANY_EXHDR(key) &&
-			memcmp(VARDATA_ANY(running->key), VARDATA_ANY(key),
+		if (other->owner == owner &&
+			VARSIZE_ANY_EXHDR(other->key) == VARSIZE_ANY_EXHDR(key) &&
+			memcmp(VARDATA_ANY(other->key), VARDATA_ANY(key),
 				   VARSIZE_ANY_EXHDR(key)) == 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_IDEM_NESTED_CALL),
@@ -194,20 +179,16 @@ EnterKey(Oid owner, text *key)
 					 errhint("Give the inner call a key of its own.")));
 	}
 
-	running = MemoryContextAlloc(TopMemoryContext, sizeof(RunningKey));
 	running->owner = owner;
 	running->key = key;
 	running->outer = running_keys;
 	running_keys = running;
 }
 
-/* Forget the innermost running key. */
+/* Forget the innermost running key, which EnterKey added. */
 void
-LeaveKey(void)
+LeaveKey(RunningKey *running)
 {
-	RunningKey *running = running_keys;
-
-	Assert(running != NULL);
+	Assert(running_keys == running);
 	running_keys = running->outer;
-	pfree(running);
 }
