@@ -4,10 +4,15 @@
 #   make installcheck               pg_regress, isolation specs and TAP tests against a running server
 #
 # MODULE_big (not MODULES) so that SHLIB_LINK is honoured when libcurl is linked.
+# The SQL entry points are in idem.c; every other source file is in src/,
+# one concept each (DESIGN.md has the map).
 
 MODULE_big = idem
-OBJS = idem.o callsite.o keytable.o keylock.o \
-	sync.o sync_format.o sync_worker.o dynamodb.o
+OBJS = idem.o \
+	src/catalog.o src/key.o src/fingerprint.o src/callsite.o \
+	src/keytable.o src/keylock.o \
+	src/sync.o src/sync_secrets.o src/sync_outbox.o src/sync_format.o \
+	src/sync_worker.o src/dynamodb.o
 SHLIB_LINK += -lcurl
 
 EXTENSION = idem
@@ -20,8 +25,11 @@ ISOLATION = first_writer_wins rollback_frees_key many_waiters wait_timeout repea
 ISOLATION_OPTS =
 TAP_TESTS = 1
 
+PG_CPPFLAGS = -I$(srcdir)/src
 # -Wextra without unused-parameter: callbacks and PG_FUNCTION_ARGS take arguments they do not use
-PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter
+PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wmissing-prototypes
+
+EXTRA_CLEAN = src/*.o src/*.bc
 
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)

@@ -29,12 +29,12 @@ SELECT pg_catalog.pg_extension_config_dump('idem.records', '');
 
 CREATE FUNCTION idem.idempotent_call(key text, fn regprocedure, VARIADIC args "any")
 RETURNS jsonb
-AS 'MODULE_PATHNAME', 'idempotent_call'
+AS 'MODULE_PATHNAME', 'idem_idempotent_call'
 LANGUAGE C CALLED ON NULL INPUT VOLATILE PARALLEL UNSAFE;
 
 CREATE FUNCTION idem.idempotent_call(key text, fn regprocedure)
 RETURNS jsonb
-AS 'MODULE_PATHNAME', 'idempotent_call'
+AS 'MODULE_PATHNAME', 'idem_idempotent_call'
 LANGUAGE C CALLED ON NULL INPUT VOLATILE PARALLEL UNSAFE;
 
 COMMENT ON FUNCTION idem.idempotent_call(text, regprocedure, "any") IS
@@ -44,7 +44,7 @@ COMMENT ON FUNCTION idem.idempotent_call(text, regprocedure) IS
 
 CREATE FUNCTION idem.last_call_replayed()
 RETURNS boolean
-AS 'MODULE_PATHNAME', 'last_call_replayed'
+AS 'MODULE_PATHNAME', 'idem_last_call_replayed'
 LANGUAGE C STRICT VOLATILE PARALLEL RESTRICTED;
 
 COMMENT ON FUNCTION idem.last_call_replayed() IS
@@ -145,14 +145,14 @@ CREATE FUNCTION idem.sync_worker_state(OUT worker_pid integer, OUT in_flight int
                                        OUT requests_sent bigint, OUT last_error text,
                                        OUT last_error_at timestamptz)
 RETURNS record
-AS 'MODULE_PATHNAME', 'sync_worker_state'
+AS 'MODULE_PATHNAME', 'idem_sync_worker_state'
 LANGUAGE C STRICT VOLATILE PARALLEL RESTRICTED;
 
 REVOKE ALL ON FUNCTION idem.sync_worker_state() FROM PUBLIC;
 
 CREATE FUNCTION idem.sync_wakeup()
 RETURNS void
-AS 'MODULE_PATHNAME', 'sync_wakeup'
+AS 'MODULE_PATHNAME', 'idem_sync_wakeup'
 LANGUAGE C STRICT VOLATILE PARALLEL UNSAFE;
 
 REVOKE ALL ON FUNCTION idem.sync_wakeup() FROM PUBLIC;
@@ -162,7 +162,7 @@ COMMENT ON FUNCTION idem.sync_wakeup() IS
 
 CREATE FUNCTION idem.sync_item_id(key_prefix text, key text)
 RETURNS text
-AS 'MODULE_PATHNAME', 'sync_item_id'
+AS 'MODULE_PATHNAME', 'idem_sync_item_id'
 LANGUAGE C STRICT IMMUTABLE PARALLEL SAFE;
 
 COMMENT ON FUNCTION idem.sync_item_id(text, text) IS
@@ -171,7 +171,7 @@ COMMENT ON FUNCTION idem.sync_item_id(text, text) IS
 CREATE FUNCTION idem.sync_put_item_request(key_prefix text, key text, outcome jsonb,
                                            expires_at timestamptz)
 RETURNS jsonb
-AS 'MODULE_PATHNAME', 'sync_put_item_request'
+AS 'MODULE_PATHNAME', 'idem_sync_put_item_request'
 LANGUAGE C STRICT VOLATILE PARALLEL SAFE;
 
 COMMENT ON FUNCTION idem.sync_put_item_request(text, text, jsonb, timestamptz) IS

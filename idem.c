@@ -16,42 +16,45 @@
  *	   uncommitted row now makes later callers wait for this transaction;
  *	   they replay if it commits and run fn themselves if it rolls back.
  *
- * This file also defines the GUCs and the error helpers the others share.
+ * This file also defines the core settings.  Everything it calls lives in
+ * src/, one concept per file; nothing there calls back into this file.
  *
  *-------------------------------------------------------------------------
  */
-#include "idem.h"
+#include "postgres.h"
 
 #include <limits.h>
 
 #include "access/xact.h"
 #include "access/xlog.h"
 #include "catalog/pg_collation.h"
-#include "mb/pg_wchar.h"
 #include "miscadmin.h"
-#include "utils/builtins.h"
 #include "utils/guc.h"
 
+#include "callsite.h"
+#include "errcodes.h"
+#include "key.h"
+#include "keylock.h"
+#include "keytable.h"
 #include "sync.h"
+#include "sync_outbox.h"
 
 PG_MODULE_MAGIC;
 
-int			idem_ttl = 86400;
-int			idem_wait_timeout = 10000;
-int			idem_max_key_length = 255;
-
-/* Longest key a message quotes in full, in characters. */
-#define KEY_MESSAGE_CHARS	100
+/* Core settings */
+static int	idem_ttl = 86400;	/* seconds */
+static int	idem_wait_timeout = 10000;	/* milliseconds; 0 = do not wait */
+static int	idem_max_key_length = 255;	/* characters */
 
 /* What the session's last idempotent_call did: -1 none or failed, 0 ran fn, 1 replayed. */
 static int	last_call_state = -1;
 
-PG_FUNCTION_INFO_V1(idempotent_call);
-PG_FUNCTION_INFO_V1(last_call_replayed);
+PG_FUNCTION_INFO_V1(idem_idempotent_call);
+PG_FUNCTION_INFO_V1(idem_last_call_replayed);
 
 void		_PG_init(void);
 
-/* Define idem's GUCs. */
+/* Define idem's settings. */
 void
 _PG_init(void)
 {
@@ -76,63 +79,12 @@ _PG_init(void)
 							255, 1, 512,
 							PGC_USERSET, 0,
 							NULL, NULL, NULL);
-	SyncInit();
+	IdemSyncInit();
 #if PG_VERSION_NUM >= 150000
 	MarkGUCPrefixReserved("idem");
 #else
 	EmitWarningsOnPlaceholders("idem");
 #endif
-}
-
-/* Quote a key for an error message, shortening a long one. */
-char *
-KeyForMessage(text *key)
-{
-	const char *bytes = VARDATA_ANY(key);
-	int			len = VARSIZE_ANY_EXHDR(key);
-	int			cut;
-
-	if (len <= KEY_MESSAGE_CHARS)
-		return pnstrdup(bytes, len);
-	cut = pg_mbcharcliplen(bytes, len, KEY_MESSAGE_CHARS);
-	return psprintf("%.*s...", cut, bytes);
-}
-
-/* Return the key argument, refusing a NULL, empty or overlong one. */
-static text *
-CheckKey(FunctionCallInfo fcinfo)
-{
-	text	   *key;
-	int			bytes;
-
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_IDEM_INVALID_KEY),
-				 errmsg("idempotency key must not be null"),
-				 errdetail("The key is what tells a retry of a request from a new request."),
-				 errhint("Pass the key the client sent with the request, such as its Idempotency-Key header.")));
-	key = PG_GETARG_TEXT_PP(0);
-	bytes = VARSIZE_ANY_EXHDR(key);
-	if (bytes == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_IDEM_INVALID_KEY),
-				 errmsg("idempotency key must not be empty"),
-				 errdetail("The key is what tells a retry of a request from a new request."),
-				 errhint("Pass the key the client sent with the request, such as its Idempotency-Key header.")));
-	/* a key has at most as many characters as bytes */
-	if (bytes > idem_max_key_length)
-	{
-		int			chars = pg_mbstrlen_with_len(VARDATA_ANY(key), bytes);
-
-		if (chars > idem_max_key_length)
-			ereport(ERROR,
-					(errcode(ERRCODE_IDEM_INVALID_KEY),
-					 errmsg("idempotency key \"%s\" is too long", KeyForMessage(key)),
-					 errdetail("The key has %d characters; idem.max_key_length is %d.",
-							   chars, idem_max_key_length),
-					 errhint("Use a shorter key, such as a UUID.")));
-	}
-	return key;
 }
 
 /* Refuse a first call where its record could not be written. */
@@ -143,32 +95,67 @@ CheckWritable(text *key)
 		ereport(ERROR,
 				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
 				 errmsg("cannot run the first call with idempotency key \"%s\" in a read-only transaction",
-						KeyForMessage(key)),
+						IdemKeyForMessage(key)),
 				 errdetail("No outcome is recorded for this key, so the function would run and its outcome would have to be written."),
 				 RecoveryInProgress() ?
 				 errhint("Send first calls to the primary server; a standby can only replay recorded outcomes.") :
 				 errhint("Run the call in a read-write transaction.")));
 }
 
-/* Run fn with the key marked as running, so a nested call on it fails. */
-static Jsonb *
-RunFunction(CallSite *site, Datum *values, bool *nulls, Oid collation,
-			Oid owner, text *key)
+/*
+ * Find the live record of (owner, key), or claim the key for a first call.
+ *
+ * Returns false with probe->state LIVE when there is a record to replay.
+ * Returns true when the caller holds the key lock (keylock) and no live
+ * record exists, not even one being written: the caller must run fn, write
+ * the record and release the lock; probe->state is then ABSENT or EXPIRED
+ * (with the expired row's tid to replace).  Waits for writers and for the
+ * lock end together at now + idem.wait_timeout.
+ */
+static bool
+ClaimOrReplay(IdemKeyTable *table, Oid owner, text *key,
+			  IdemRecordProbe *probe, LOCKTAG *keylock)
 {
-	Jsonb	   *volatile outcome = NULL;
-	RunningKey	running;
+	IdemWait	wait = {0, idem_wait_timeout};
+	bool		locked = false;
 
-	EnterKey(&running, owner, key);
-	PG_TRY();
+	for (;;)
 	{
-		outcome = InvokeFunction(site, values, nulls, collation);
+		TimestampTz now = GetCurrentTimestamp();
+
+		IdemKeyTableProbe(table, key, now, probe);
+		if (probe->state == IDEM_RECORD_LIVE)
+			break;
+		if (wait.deadline == 0)
+			wait.deadline = TimestampTzPlusMilliseconds(now, idem_wait_timeout);
+		if (probe->state == IDEM_RECORD_BUSY)
+		{
+			/* pin nothing while waiting */
+			IdemKeyTableEndProbes(table);
+			IdemWaitForWriter(probe->busy_xid, key, &wait);
+		}
+		else if (locked)
+			break;
+		else
+		{
+			CheckWritable(key);
+			/* an expired row keeps its index page pinned; the lock may wait */
+			if (probe->state == IDEM_RECORD_EXPIRED)
+				IdemKeyTableEndProbes(table);
+			IdemKeyLockAcquire(keylock, owner, key, &wait);
+			locked = true;
+		}
 	}
-	PG_FINALLY();
+
+	if (probe->state == IDEM_RECORD_LIVE && locked)
 	{
-		LeaveKey(&running);
+		IdemKeyLockRelease(keylock);
+		locked = false;
 	}
-	PG_END_TRY();
-	return outcome;
+	Assert(locked ? (probe->state == IDEM_RECORD_ABSENT ||
+					 probe->state == IDEM_RECORD_EXPIRED) :
+		   probe->state == IDEM_RECORD_LIVE);
+	return locked;
 }
 
 /*
@@ -178,92 +165,61 @@ RunFunction(CallSite *site, Datum *values, bool *nulls, Oid collation,
  * recording the outcome only if there is none.
  */
 Datum
-idempotent_call(PG_FUNCTION_ARGS)
+idem_idempotent_call(PG_FUNCTION_ARGS)
 {
+	Oid			owner = GetUserId();
 	text	   *key;
-	CallSite   *site;
+	IdemCallSite *site;
 	Datum		values[FUNC_MAX_ARGS];
 	bool		nulls[FUNC_MAX_ARGS];
 	uint64		request_hash;
-	Oid			owner = GetUserId();
-	KeyTable	table;
-	RecordProbe probe;
-	TimestampTz now;
-	TimestampTz deadline = 0;
-	TimestampTz expires_at;
-	bool		locked = false;
+	IdemKeyTable table;
+	IdemRecordProbe probe;
 	LOCKTAG		keylock;
 	Jsonb	   *outcome;
+	TimestampTz now;
+	TimestampTz expires_at;
 
 	last_call_state = -1;
-	key = CheckKey(fcinfo);
+	key = IdemKeyArgument(fcinfo, 0, idem_max_key_length);
 	if (PG_ARGISNULL(1))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("function of idempotent call with key \"%s\" must not be null",
-						KeyForMessage(key)),
+						IdemKeyForMessage(key)),
 				 errdetail("idem.idempotent_call needs the function to run on the first call."),
 				 errhint("Name the function with its argument types, for example 'shop.place_order(jsonb)'.")));
-	site = GetCallSite(fcinfo, PG_GETARG_OID(1));
-	ReadArguments(site, fcinfo, values, nulls);
-	request_hash = RequestFingerprint(site, values, nulls);
+	site = IdemGetCallSite(fcinfo, PG_GETARG_OID(1));
+	IdemReadArguments(site, fcinfo, values, nulls);
+	request_hash = IdemRequestFingerprint(site, values, nulls);
 
-	OpenKeyTable(&table, owner, key);
-	for (;;)
+	IdemKeyTableOpen(&table, owner, key);
+	if (!ClaimOrReplay(&table, owner, key, &probe, &keylock))
 	{
-		now = GetCurrentTimestamp();
-		ProbeRecord(&table, key, now, &probe);
-		if (probe.state == RECORD_LIVE)
-			break;
-		if (deadline == 0)
-			deadline = TimestampTzPlusMilliseconds(now, idem_wait_timeout);
-		if (probe.state == RECORD_BUSY)
-		{
-			/* pin nothing while waiting */
-			EndProbes(&table);
-			WaitForWriter(probe.busy_xid, key, deadline);
-		}
-		else if (locked)
-			break;
-		else
-		{
-			CheckWritable(key);
-			/* an expired row keeps its index page pinned; the lock may wait */
-			if (probe.state == RECORD_EXPIRED)
-				EndProbes(&table);
-			LockKey(&keylock, owner, key, deadline);
-			locked = true;
-		}
-	}
-
-	if (probe.state == RECORD_LIVE)
-	{
-		CloseKeyTable(&table);
-		if (locked)
-			UnlockKey(&keylock);
+		IdemKeyTableClose(&table);
 		if (probe.request_hash != request_hash)
 			ereport(ERROR,
 					(errcode(ERRCODE_IDEM_KEY_MISMATCH),
 					 errmsg("idempotency key \"%s\" was already used for a different request",
-							KeyForMessage(key)),
+							IdemKeyForMessage(key)),
 					 errdetail("The outcome recorded for this key came from a call with another function or other arguments."),
 					 errhint("Use a new key for a new request; repeat the original request to get its outcome.")));
 		last_call_state = 1;
 		PG_RETURN_JSONB_P(probe.outcome);
 	}
 
-	EndProbes(&table);
-	outcome = RunFunction(site, values, nulls,
-						  OidIsValid(PG_GET_COLLATION()) ? PG_GET_COLLATION() : DEFAULT_COLLATION_OID,
-						  owner, key);
+	IdemKeyTableEndProbes(&table);
+	outcome = IdemInvokeFunction(site, values, nulls,
+								 OidIsValid(PG_GET_COLLATION()) ? PG_GET_COLLATION() : DEFAULT_COLLATION_OID,
+								 owner, key);
 	/* read idem.ttl after fn, so that a SET LOCAL in fn applies as well */
 	now = GetCurrentTimestamp();
 	expires_at = now + (TimestampTz) idem_ttl * USECS_PER_SEC;
-	WriteRecord(&table, owner, key, request_hash, outcome, now, expires_at,
-				probe.state == RECORD_EXPIRED ? &probe.tid : NULL);
-	CloseKeyTable(&table);
-	SyncRecordOutcome(owner, key, outcome, expires_at);
-	UnlockKey(&keylock);
+	IdemKeyTableWrite(&table, owner, key, request_hash, outcome, now, expires_at,
+					  probe.state == IDEM_RECORD_EXPIRED ? &probe.tid : NULL);
+	IdemKeyTableClose(&table);
+	IdemOutboxRecord(owner, key, outcome, expires_at);
+	IdemKeyLockRelease(&keylock);
 	last_call_state = 0;
 	PG_RETURN_JSONB_P(outcome);
 }
@@ -276,7 +232,7 @@ idempotent_call(PG_FUNCTION_ARGS)
  * that failed.  The SQL counterpart of Stripe's Idempotent-Replayed header.
  */
 Datum
-last_call_replayed(PG_FUNCTION_ARGS)
+idem_last_call_replayed(PG_FUNCTION_ARGS)
 {
 	if (last_call_state < 0)
 		PG_RETURN_NULL();

@@ -1,16 +1,32 @@
-# cluster.sh: start and stop a throwaway PostgreSQL cluster; meant to be sourced.
+# cluster.sh: build idem into a scratch folder and start and stop throwaway
+# PostgreSQL clusters that load it from there; meant to be sourced.
 #
-#   cluster_start DIR     initdb into DIR and start a server listening only on
-#                         a unix socket in DIR; sets PGHOST, PGPORT, PGUSER
+#   cluster_start [--initdb=ARGS] DIR [CONF...]
+#                         initdb into DIR (ARGS: more initdb options) and
+#                         start a server listening only on a unix socket in
+#                         DIR, with each CONF appended to postgresql.conf;
+#                         sets PGHOST, PGPORT, PGUSER and CLUSTER_PID (the
+#                         postmaster's pid)
 #   cluster_stop DIR      stop it (immediate) and remove DIR
-#   stage_build ROOT DIR  build idem in ROOT, install it below DIR/install
-#                         (exports IDEM_DESTDIR) and copy the tree to DIR/src,
+#   stage_install ROOT DIR
+#                         build idem in ROOT and install it below DIR/install
+#                         (make install DESTDIR=...; exports IDEM_DESTDIR)
+#   stage_build ROOT DIR  stage_install, then copy the tree to DIR/src,
 #                         writable by the user that runs the tests
+#   idem_conf [--preload] the postgresql.conf lines that load idem from
+#                         IDEM_DESTDIR through Debian's extension_destdir
+#                         (none without IDEM_DESTDIR: the server's own
+#                         directories); --preload adds it to
+#                         shared_preload_libraries, found through
+#                         dynamic_library_path
+#   as_pg CMD...          run CMD as the cluster's owner
+#   free_port             a TCP port number nobody listens on
 #
 # As root, the server and clients run as the postgres user (the server
-# refuses root); as anyone else, as that user.
+# refuses root); as anyone else, as that user.  The PostgreSQL programs are
+# those in PG_BIN (or PGBIN), by default pg_config's.
 
-PG_BIN=${PG_BIN:-$(pg_config --bindir 2>/dev/null || echo /usr/lib/postgresql/15/bin)}
+PG_BIN=${PG_BIN:-${PGBIN:-$(pg_config --bindir 2>/dev/null || echo /usr/lib/postgresql/15/bin)}}
 
 # Run a command as the user that owns test clusters.
 as_pg() {
@@ -37,10 +53,13 @@ free_port() {
 }
 
 cluster_start() {
+    local initdb_args=
+    case ${1:-} in --initdb=*) initdb_args=${1#--initdb=}; shift ;; esac
     local dir=$1; shift
     mkdir -p "$dir"
     [ "$(id -u)" -eq 0 ] && chown postgres: "$dir"
-    as_pg initdb -D "$dir/data" -U postgres -A trust --no-sync >"$dir/initdb.log" 2>&1 \
+    # shellcheck disable=SC2086 # ARGS are words
+    as_pg initdb -D "$dir/data" -U postgres -A trust --no-sync $initdb_args >"$dir/initdb.log" 2>&1 \
         || { cat "$dir/initdb.log"; return 1; }
     PGPORT=$(free_port)
     cat >>"$dir/data/postgresql.conf" <<CONF
@@ -52,6 +71,8 @@ CONF
     for extra in "$@"; do echo "$extra" >>"$dir/data/postgresql.conf"; done
     as_pg pg_ctl -D "$dir/data" -l "$dir/server.log" -w start >/dev/null \
         || { cat "$dir/server.log"; return 1; }
+    # shellcheck disable=SC2034 # for the caller (bench/run reads its children's CPU)
+    CLUSTER_PID=$(head -n 1 "$dir/data/postmaster.pid")
     export PGHOST=$dir PGPORT PGUSER=postgres
 }
 
@@ -61,12 +82,29 @@ cluster_stop() {
     rm -rf "$dir"
 }
 
+# Each step returns on failure, so that a caller's "if stage_install" (where
+# set -e does not apply) sees a failed build.
+stage_install() {
+    local root=$1 dir=$2
+    make -C "$root" -s || return
+    make -C "$root" -s install DESTDIR="$dir/install" || return
+    export IDEM_DESTDIR="$dir/install"
+}
+
 stage_build() {
     local root=$1 dir=$2
-    make -C "$root" -s
-    make -C "$root" -s install DESTDIR="$dir/install"
-    export IDEM_DESTDIR="$dir/install"
+    stage_install "$root" "$dir" || return
     cp -a "$root/." "$dir/src"
     rm -rf "$dir/src/results" "$dir/src/output_iso" "$dir/src/tmp_check"
     if [ "$(id -u)" -eq 0 ]; then chown -R postgres: "$dir"; fi
+}
+
+idem_conf() {
+    if [ -n "${IDEM_DESTDIR:-}" ]; then
+        echo "extension_destdir = '$IDEM_DESTDIR'"
+        [ "${1:-}" = --preload ] &&
+            echo "dynamic_library_path = '$IDEM_DESTDIR$("${PG_CONFIG:-pg_config}" --pkglibdir):\$libdir'"
+    fi
+    [ "${1:-}" = --preload ] && echo "shared_preload_libraries = 'idem'"
+    return 0
 }

@@ -28,7 +28,7 @@ echo "== build and install"
 make -C "$root" -s clean
 stage_build "$root" "$scratch"
 
-cluster_start "$scratch/cluster" "extension_destdir = '$IDEM_DESTDIR'"
+cluster_start "$scratch/cluster" "$(idem_conf)"
 
 passed=0
 failed=0

@@ -3,44 +3,40 @@
 #
 #   test/dynamo/run_sync_tests.sh [t/1xx_sync_....pl ...]
 #
-# Installs the node harness (install.sh), builds idem, installs it into a
-# private copy of the PostgreSQL installation under $SYNC_PREFIX (default
-# /tmp/idem-sync-pg) so that other checkouts installing idem at the same
-# time cannot change the binaries under test, and runs prove as the
-# postgres user.  Set SYNC_PREFIX=/ to test the system installation instead.
+# Installs the node harness (install.sh), builds idem and installs it below a
+# scratch folder like scripts/test.sh (stage_build in scripts/cluster.sh:
+# make install DESTDIR=..., which t/SyncTest.pm loads through
+# extension_destdir and dynamic_library_path, so that other checkouts
+# installing idem at the same time cannot change the library under test),
+# and runs the sync TAP tests (t/1*_sync_*.pl, or the ones named) through
+# PGXS's installcheck as the postgres user.  Set SYNC_PREFIX=/ to test the
+# system installation instead (make install, as root).  The tests' logs are
+# left in tmp_check/ of this tree.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
-prefix=${SYNC_PREFIX:-/tmp/idem-sync-pg}
-pgbin=$(pg_config --bindir)
-pgxs=$(dirname "$(pg_config --pgxs)")/../..
+# shellcheck source=SCRIPTDIR/../../scripts/cluster.sh
+source "$root/scripts/cluster.sh"
+
+tests=("$@")
+[ ${#tests[@]} -eq 0 ] && tests=("$root"/t/1*_sync_*.pl)
+tests=("${tests[@]#"$root"/}")
+for t in "${tests[@]}"; do
+	[ -f "$root/$t" ] || { echo "run_sync_tests.sh: no test $t in $root" >&2; exit 2; }
+done
 
 bash "$root/test/dynamo/install.sh" >/dev/null
-make -C "$root" -s
-if [ "$prefix" != / ]; then
-	if [ ! -x "$prefix$pgbin/postgres" ]; then
-		mkdir -p "$prefix$(dirname "$pgbin")/.." "$prefix$(pg_config --sharedir)/.."
-		cp -a "$(dirname "$pgbin")" "$prefix$(dirname "$(dirname "$pgbin")")/"
-		cp -a "$(pg_config --sharedir)" "$prefix$(dirname "$(pg_config --sharedir)")/"
-	fi
-	make -C "$root" -s install DESTDIR="$prefix"
-	pgbin="$prefix$pgbin"
-else
+scratch=$(mktemp -d /tmp/idem-sync-tests.XXXXXX)
+trap 'rm -rf "$scratch"' EXIT
+stage_build "$root" "$scratch"
+if [ "${SYNC_PREFIX:-}" = / ]; then
 	make -C "$root" -s install
+	unset IDEM_DESTDIR
 fi
 
-# The postgres user writes tmp_check/ into the tree.
-if [ "$(id -u)" -eq 0 ]; then
-	chgrp postgres "$root" && chmod g+w "$root"
-	rm -rf "$root/tmp_check"
-fi
-cd "$root"
-tests=("$@")
-[ ${#tests[@]} -eq 0 ] && tests=(t/1*_sync_*.pl)
-run=(env PATH="$pgbin:$PATH" TESTDIR="$root" PG_REGRESS="$pgxs/src/test/regress/pg_regress"
-	prove ${PROVE_FLAGS:-} -I "$pgxs/src/test/perl" -I "$root" "${tests[@]}")
-if [ "$(id -u)" -eq 0 ]; then
-	runuser -u postgres -- "${run[@]}"
-else
-	"${run[@]}"
-fi
+status=0
+as_pg make -C "$scratch/src" -s installcheck REGRESS= ISOLATION= \
+	PROVE_TESTS="${tests[*]}" PROVE_FLAGS="${PROVE_FLAGS:-}" || status=$?
+rm -rf "$root/tmp_check"
+cp -a "$scratch/src/tmp_check" "$root/tmp_check" 2>/dev/null || true
+exit "$status"

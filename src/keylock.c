@@ -21,7 +21,7 @@
  *
  *-------------------------------------------------------------------------
  */
-#include "idem.h"
+#include "postgres.h"
 
 #include <limits.h>
 
@@ -35,15 +35,15 @@
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
+#include "errcodes.h"
+#include "key.h"
+#include "keylock.h"
+
 /*
  * locktag_field4 of idem's advisory locks.  SQL advisory locks use 1 and 2,
  * so idem's never collide with an application's.
  */
 #define IDEM_LOCK_CLASS	0x4944
-
-static RunningKey *running_keys = NULL;
-
-static void ReportKeyInUse(text *key);
 
 /* Build the advisory lock tag of a (role, key). */
 static void
@@ -75,15 +75,15 @@ MillisecondsLeft(TimestampTz deadline)
  */
 static void
 WaitBounded(const LOCKTAG *keytag, TransactionId xid, text *key,
-			TimestampTz deadline)
+			const IdemWait *wait)
 {
 	MemoryContext oldcontext = CurrentMemoryContext;
-	int			left = MillisecondsLeft(deadline);
+	int			left = MillisecondsLeft(wait->deadline);
 	int			nestlevel;
 	char		timeout[32];
 
-	if (idem_wait_timeout == 0 || left == 0)
-		ReportKeyInUse(key);
+	if (wait->wait_timeout_ms == 0 || left == 0)
+		IdemReportKeyInUse(key, wait->wait_timeout_ms);
 	if (LockTimeout > 0 && LockTimeout < left)
 		left = LockTimeout;
 	snprintf(timeout, sizeof(timeout), "%d", left);
@@ -104,7 +104,7 @@ WaitBounded(const LOCKTAG *keytag, TransactionId xid, text *key,
 		if (geterrcode() == ERRCODE_LOCK_NOT_AVAILABLE)
 		{
 			FlushErrorState();
-			ReportKeyInUse(key);
+			IdemReportKeyInUse(key, wait->wait_timeout_ms);
 		}
 		PG_RE_THROW();
 	}
@@ -113,82 +113,47 @@ WaitBounded(const LOCKTAG *keytag, TransactionId xid, text *key,
 }
 
 /*
- * Take the key lock, waiting at most until deadline, and fill in its tag
- * for UnlockKey.  With idem.wait_timeout = 0 the lock is only tried.
+ * Take the key lock, waiting at most until the deadline, and fill in its
+ * tag for IdemKeyLockRelease.  With idem.wait_timeout = 0 the lock is only
+ * tried.
  */
 void
-LockKey(LOCKTAG *tag, Oid owner, text *key, TimestampTz deadline)
+IdemKeyLockAcquire(LOCKTAG *tag, Oid owner, text *key, const IdemWait *wait)
 {
 	KeyLockTag(tag, owner, key);
 	if (LockAcquire(tag, ExclusiveLock, false, true) == LOCKACQUIRE_NOT_AVAIL)
-		WaitBounded(tag, InvalidTransactionId, key, deadline);
+		WaitBounded(tag, InvalidTransactionId, key, wait);
 }
 
 /* Release the key lock once the record row is written. */
 void
-UnlockKey(const LOCKTAG *tag)
+IdemKeyLockRelease(const LOCKTAG *tag)
 {
 	LockRelease(tag, ExclusiveLock, false);
 }
 
 /*
  * Wait for the transaction that is writing a record of this key to end,
- * at most until deadline.
+ * at most until the deadline.
  */
 void
-WaitForWriter(TransactionId xid, text *key, TimestampTz deadline)
+IdemWaitForWriter(TransactionId xid, text *key, const IdemWait *wait)
 {
 	if (!ConditionalXactLockTableWait(xid))
-		WaitBounded(NULL, xid, key, deadline);
+		WaitBounded(NULL, xid, key, wait);
 }
 
 /* Raise the "key in use" error (HTTP 409). */
-static void
-ReportKeyInUse(text *key)
+void
+IdemReportKeyInUse(text *key, int wait_timeout_ms)
 {
 	ereport(ERROR,
 			(errcode(ERRCODE_IDEM_KEY_IN_USE),
 			 errmsg("idempotency key \"%s\" is in use by another transaction",
-					KeyForMessage(key)),
-			 idem_wait_timeout == 0 ?
+					IdemKeyForMessage(key)),
+			 wait_timeout_ms == 0 ?
 			 errdetail("Another transaction is running the first call with this key, and idem.wait_timeout is 0.") :
 			 errdetail("Another transaction is running the first call with this key and did not finish within idem.wait_timeout (%d ms).",
-					   idem_wait_timeout),
+					   wait_timeout_ms),
 			 errhint("Retry the call later: once the other transaction commits, the call returns its outcome.")));
-}
-
-/*
- * Note that the function of this (role, key) is about to run in this
- * backend; a nested call on the same key is refused.  The caller provides
- * the list node (on its stack) and must call LeaveKey on every exit.
- */
-void
-EnterKey(RunningKey *running, Oid owner, text *key)
-{
-	for (RunningKey *other = running_keys; other != NULL; other = other->outer)
-	{
-		if (other->owner == owner &&
-			VARSIZE_ANY_EXHDR(other->key) == VARSIZE_ANY_EXHDR(key) &&
-			memcmp(VARDATA_ANY(other->key), VARDATA_ANY(key),
-				   VARSIZE_ANY_EXHDR(key)) == 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_IDEM_NESTED_CALL),
-					 errmsg("idempotent call with key \"%s\" is already running in this session",
-							KeyForMessage(key)),
-					 errdetail("The function of this call called idem.idempotent_call again with the same key, which would run it a second time."),
-					 errhint("Give the inner call a key of its own.")));
-	}
-
-	running->owner = owner;
-	running->key = key;
-	running->outer = running_keys;
-	running_keys = running;
-}
-
-/* Forget the innermost running key, which EnterKey added. */
-void
-LeaveKey(RunningKey *running)
-{
-	Assert(running_keys == running);
-	running_keys = running->outer;
 }

@@ -7,36 +7,25 @@
  * how to fingerprint each argument, how to turn its result into jsonb) comes
  * from the catalogs once per backend and function, in FnInfo entries that a
  * pg_proc or pg_type change invalidates; an FnInfo also holds fn's resolved
- * FmgrInfo.  Each call site of idempotent_call keeps a CallSite in fn_extra
- * with its own copies of these, so a statement that calls idempotent_call
- * many times resolves fn once, and each execution of a prepared statement
- * costs one hash lookup and a copy of a few hundred bytes, no catalog
- * lookup beyond the EXECUTE check.
+ * FmgrInfo.  Each call site of idempotent_call keeps an IdemCallSite in
+ * fn_extra with its own copies of these, so a statement that calls
+ * idempotent_call many times resolves fn once, and each execution of a
+ * prepared statement costs one hash lookup and a copy of a few hundred
+ * bytes, no catalog lookup beyond the EXECUTE check.
  *
- * The request fingerprint is the first 64 bits of a SHA-256 digest of fn's
- * qualified signature and a canonical encoding of its arguments as values:
- * jsonb as its token stream with numbers normalised (so key order, white
- * space and trailing zeros do not matter), base types whose equal values are
- * equal bytes (btree "equalimage") as those bytes, everything else through
- * its to_jsonb form.  Hash functions made for hash tables do not do: they
- * map 1 and -1 (numeric), 1 and 4294967296 (bigint), {"a": "b"} and
- * ["a", "b"] (jsonb) to the same value, and a fingerprint collision replays
- * one request's outcome to another.
+ * Invoking fn also marks its (role, key) as running in this backend, so
+ * that a nested call on the same key from inside fn is an error instead of
+ * a second execution or a self-deadlock.
  *
  *-------------------------------------------------------------------------
  */
-#include "idem.h"
+#include "postgres.h"
 
 #include "access/htup_details.h"
-#include "access/nbtree.h"
 #include "catalog/objectaccess.h"
-#include "catalog/pg_am.h"
 #include "catalog/pg_collation.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
-#include "commands/defrem.h"
-#include "common/cryptohash.h"
-#include "common/sha2.h"
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "nodes/makefuncs.h"
@@ -48,19 +37,14 @@
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
-#include "utils/numeric.h"
 #include "utils/regproc.h"
-#include "utils/resowner.h"
 #include "utils/syscache.h"
 #include "utils/typcache.h"
 
-/* How an argument enters the request fingerprint. */
-typedef enum ArgHash
-{
-	ARG_HASH_JSONB,				/* canonical encoding of the jsonb value */
-	ARG_HASH_TYPE,				/* the value's bytes: equal values are equal bytes */
-	ARG_HASH_VIA_JSONB			/* canonical encoding of to_jsonb(value) */
-} ArgHash;
+#include "callsite.h"
+#include "errcodes.h"
+#include "fingerprint.h"
+#include "key.h"
 
 /* How fn's result becomes the outcome. */
 typedef enum ResultForm
@@ -74,9 +58,7 @@ typedef enum ResultForm
 typedef struct FnParam
 {
 	Oid			type;
-	ArgHash		hash;
-	int16		typlen;			/* ARG_HASH_TYPE */
-	bool		typbyval;		/* ARG_HASH_TYPE */
+	IdemArgType fingerprint;	/* how its values enter the fingerprint */
 	Oid			input_proc;		/* reads an untyped literal */
 	Oid			input_ioparam;
 } FnParam;
@@ -106,14 +88,14 @@ typedef struct CallArg
 	FnParam		param;
 	bool		literal;		/* passed as an untyped literal */
 	FmgrInfo	input;			/* literal */
-	FmgrInfo	hash;			/* ARG_HASH_VIA_JSONB: to_jsonb */
+	FmgrInfo	to_jsonb;		/* IDEM_ARG_VIA_JSONB */
 } CallArg;
 
 /*
  * Everything here is copied out of the FnInfo, since an invalidation may
  * free FnInfo entries while a call is running.
  */
-struct CallSite
+struct IdemCallSite
 {
 	Oid			fnoid;			/* InvalidOid until set up */
 	MemoryContext switch_cxt;	/* made once the site switches to another fn */
@@ -125,7 +107,16 @@ struct CallSite
 	CallArg		args[FLEXIBLE_ARRAY_MEMBER];
 };
 
+/* A key whose function is running in this backend, linked innermost first. */
+typedef struct RunningKey
+{
+	Oid			owner;
+	text	   *key;
+	struct RunningKey *outer;
+} RunningKey;
+
 static HTAB *fn_infos = NULL;
+static RunningKey *running_keys = NULL;
 
 /*
  * Forget every cached FnInfo after a pg_proc or pg_type change, so that
@@ -165,43 +156,6 @@ CheckUsableType(Oid fnoid, Oid type, bool is_result)
 						   "Its parameter type %s is a pseudo-type or polymorphic.",
 						   format_type_be(type)),
 				 errhint("Wrap it in a function with concrete parameter and result types.")));
-}
-
-/*
- * Whether equal values of a type are always equal bytes, so that its values'
- * bytes can stand for them in the fingerprint: what the btree "equalimage"
- * support function of its default operator class says (for text-like types,
- * under the C collation, which the fingerprint uses).
- */
-static bool
-HasEqualImage(Oid type)
-{
-	Oid			opclass = GetDefaultOpClass(type, BTREE_AM_OID);
-	Oid			opcintype;
-	Oid			proc;
-
-	if (!OidIsValid(opclass))
-		return false;
-	opcintype = get_opclass_input_type(opclass);
-	proc = get_opfamily_proc(get_opclass_family(opclass), opcintype, opcintype,
-							 BTEQUALIMAGE_PROC);
-	return OidIsValid(proc) &&
-		DatumGetBool(OidFunctionCall1Coll(proc, C_COLLATION_OID,
-										  ObjectIdGetDatum(type)));
-}
-
-/* SHA-256 of a function's qualified signature, its part of every fingerprint. */
-static void
-DigestSignature(const char *signature, uint8 *digest)
-{
-	pg_cryptohash_ctx *ctx = pg_cryptohash_create(PG_SHA256);
-
-	if (pg_cryptohash_init(ctx) < 0 ||
-		pg_cryptohash_update(ctx, (const uint8 *) signature, strlen(signature)) < 0 ||
-		pg_cryptohash_final(ctx, digest, PG_SHA256_DIGEST_LENGTH) < 0)
-		elog(ERROR, "could not compute request fingerprint: %s",
-			 pg_cryptohash_error(ctx));
-	pg_cryptohash_free(ctx);
 }
 
 /* Fill an FnInfo from the catalogs, refusing functions that cannot be run. */
@@ -256,20 +210,13 @@ BuildFnInfo(FnInfo *info, Oid fnoid)
 		param->type = proc->proargtypes.values[i];
 		CheckUsableType(fnoid, param->type, false);
 		getTypeInputInfo(param->type, &param->input_proc, &param->input_ioparam);
-		get_typlenbyval(param->type, &param->typlen, &param->typbyval);
-		if (param->type == JSONBOID)
-			param->hash = ARG_HASH_JSONB;
-		else if (get_typtype(param->type) == TYPTYPE_BASE && param->typlen != -2 &&
-				 HasEqualImage(param->type))
-			param->hash = ARG_HASH_TYPE;
-		else
-			param->hash = ARG_HASH_VIA_JSONB;
+		IdemArgTypeOf(param->type, &param->fingerprint);
 	}
 	ReleaseSysCache(proctup);
 
 	/* The qualified signature survives dump and restore; the OID does not. */
 	signature = format_procedure_qualified(fnoid);
-	DigestSignature(signature, info->fn.signature_digest);
+	IdemDigestSignature(signature, info->fn.signature_digest);
 	pfree(signature);
 
 	fmgr_info_cxt(fnoid, &info->flinfo, TopMemoryContext);
@@ -328,7 +275,7 @@ InitToJsonb(FmgrInfo *finfo, Oid type, MemoryContext mcxt)
  * must be an untyped literal or of a type binary-coercible to the parameter.
  */
 static void
-CheckCallArguments(CallSite *site, FunctionCallInfo fcinfo, Oid fnoid)
+CheckCallArguments(IdemCallSite *site, FunctionCallInfo fcinfo, Oid fnoid)
 {
 	int			given = PG_NARGS() - 2;
 
@@ -370,13 +317,13 @@ CheckCallArguments(CallSite *site, FunctionCallInfo fcinfo, Oid fnoid)
 }
 
 /*
- * Return the CallSite of this idempotent_call call site for fnoid, checking
+ * Return the IdemCallSite of this idempotent_call call site for fnoid, checking
  * the caller's right to execute fn.
  */
-CallSite *
-GetCallSite(FunctionCallInfo fcinfo, Oid fnoid)
+IdemCallSite *
+IdemGetCallSite(FunctionCallInfo fcinfo, Oid fnoid)
 {
-	CallSite   *site = (CallSite *) fcinfo->flinfo->fn_extra;
+	IdemCallSite   *site = (IdemCallSite *) fcinfo->flinfo->fn_extra;
 	MemoryContext mcxt = fcinfo->flinfo->fn_mcxt;
 	Oid			role = GetUserId();
 
@@ -400,9 +347,9 @@ GetCallSite(FunctionCallInfo fcinfo, Oid fnoid)
 		}
 		if (site == NULL || site->room < nargs)
 		{
-			CallSite   *old = site;
+			IdemCallSite   *old = site;
 
-			site = MemoryContextAlloc(mcxt, offsetof(CallSite, args) +
+			site = MemoryContextAlloc(mcxt, offsetof(IdemCallSite, args) +
 									  sizeof(CallArg) * Max(nargs, 1));
 			site->room = Max(nargs, 1);
 			site->switch_cxt = old != NULL ? old->switch_cxt : NULL;
@@ -429,8 +376,8 @@ GetCallSite(FunctionCallInfo fcinfo, Oid fnoid)
 
 			if (arg->literal)
 				fmgr_info_cxt(arg->param.input_proc, &arg->input, cxt);
-			if (arg->param.hash == ARG_HASH_VIA_JSONB)
-				InitToJsonb(&arg->hash, arg->param.type, cxt);
+			if (arg->param.fingerprint.encoding == IDEM_ARG_VIA_JSONB)
+				InitToJsonb(&arg->to_jsonb, arg->param.type, cxt);
 		}
 		site->fnoid = fnoid;
 	}
@@ -456,7 +403,7 @@ GetCallSite(FunctionCallInfo fcinfo, Oid fnoid)
  * values of fn's parameter types.
  */
 void
-ReadArguments(CallSite *site, FunctionCallInfo fcinfo, Datum *values, bool *nulls)
+IdemReadArguments(IdemCallSite *site, FunctionCallInfo fcinfo, Datum *values, bool *nulls)
 {
 	for (int i = 0; i < site->fn.nargs; i++)
 	{
@@ -469,188 +416,39 @@ ReadArguments(CallSite *site, FunctionCallInfo fcinfo, Datum *values, bool *null
 	}
 }
 
-/* Feed bytes to the fingerprint's digest. */
-static void
-DigestBytes(pg_cryptohash_ctx *ctx, const void *data, size_t len)
-{
-	if (pg_cryptohash_update(ctx, (const uint8 *) data, len) < 0)
-		elog(ERROR, "could not compute request fingerprint: %s",
-			 pg_cryptohash_error(ctx));
-}
-
-/* Feed a tag byte and a length-prefixed byte string to the digest. */
-static void
-DigestItem(pg_cryptohash_ctx *ctx, char tag, const void *data, uint32 len)
-{
-	uint8		header[5];
-
-	header[0] = (uint8) tag;
-	header[1] = (uint8) (len >> 24);
-	header[2] = (uint8) (len >> 16);
-	header[3] = (uint8) (len >> 8);
-	header[4] = (uint8) len;
-	DigestBytes(ctx, header, sizeof(header));
-	if (len > 0)
-		DigestBytes(ctx, data, len);
-}
-
 /*
- * Feed a jsonb value to the digest as its token stream: structure, keys and
- * scalars, numbers in normalised form, so that values that jsonb equality
- * calls equal (1 and 1.0) give the same bytes and all others differ.
- */
-static void
-DigestJsonb(pg_cryptohash_ctx *ctx, Jsonb *jb)
-{
-	JsonbIterator *it = JsonbIteratorInit(&jb->root);
-	JsonbValue	v;
-	JsonbIteratorToken token;
-
-	while ((token = JsonbIteratorNext(&it, &v, false)) != WJB_DONE)
-	{
-		char		tag = (char) ('0' + token);
-
-		if (token == WJB_BEGIN_ARRAY)
-			DigestItem(ctx, tag, v.val.array.rawScalar ? "s" : "a", 1);
-		else if (token == WJB_KEY || token == WJB_VALUE || token == WJB_ELEM)
-		{
-			char	   *number;
-
-			switch (v.type)
-			{
-				case jbvNull:
-					DigestItem(ctx, tag, "n", 1);
-					break;
-				case jbvBool:
-					DigestItem(ctx, tag, v.val.boolean ? "t" : "f", 1);
-					break;
-				case jbvString:
-					DigestItem(ctx, tag, "\"", 1);
-					DigestItem(ctx, 'S', v.val.string.val, v.val.string.len);
-					break;
-				case jbvNumeric:
-					number = numeric_normalize(v.val.numeric);
-					DigestItem(ctx, tag, "#", 1);
-					DigestItem(ctx, 'N', number, strlen(number));
-					pfree(number);
-					break;
-				default:
-					elog(ERROR, "unexpected jsonb value type %d", (int) v.type);
-			}
-		}
-		else
-			DigestItem(ctx, tag, NULL, 0);
-	}
-}
-
-/* Feed the bytes of a value of a type whose equal values are equal bytes. */
-static void
-DigestImage(pg_cryptohash_ctx *ctx, FnParam *param, Datum value)
-{
-	if (param->typbyval)
-	{
-		/* as a big-endian number, the same on every platform */
-		uint64		number = (uint64) value;
-		uint8		bytes[8];
-
-		if (param->typlen < (int16) sizeof(uint64))
-			number &= (UINT64CONST(1) << (8 * param->typlen)) - 1;
-		for (int b = 0; b < 8; b++)
-			bytes[b] = (uint8) (number >> (8 * (7 - b)));
-		DigestItem(ctx, 'V', bytes, sizeof(bytes));
-	}
-	else if (param->typlen > 0)
-		DigestItem(ctx, 'F', DatumGetPointer(value), param->typlen);
-	else
-	{
-		struct varlena *detoasted = pg_detoast_datum_packed((struct varlena *) DatumGetPointer(value));
-
-		DigestItem(ctx, 'L', VARDATA_ANY(detoasted), VARSIZE_ANY_EXHDR(detoasted));
-		if ((Pointer) detoasted != DatumGetPointer(value))
-			pfree(detoasted);
-	}
-}
-
-/*
- * Return the digest context the fingerprint is computed in: one per backend,
- * reinitialised for each fingerprint, since creating one looks up the
- * algorithm in OpenSSL each time.  It is registered with a resource owner
- * of its own that is never released, so that transaction ends leave it alone.
- */
-static pg_cryptohash_ctx *
-FingerprintDigest(void)
-{
-	static pg_cryptohash_ctx *digest_ctx = NULL;
-	static ResourceOwner digest_owner = NULL;
-
-	if (digest_ctx == NULL)
-	{
-		ResourceOwner saved_owner = CurrentResourceOwner;
-
-		if (digest_owner == NULL)
-			digest_owner = ResourceOwnerCreate(NULL, "idem fingerprint");
-		CurrentResourceOwner = digest_owner;
-		PG_TRY();
-		{
-			digest_ctx = pg_cryptohash_create(PG_SHA256);
-		}
-		PG_FINALLY();
-		{
-			CurrentResourceOwner = saved_owner;
-		}
-		PG_END_TRY();
-	}
-	if (pg_cryptohash_init(digest_ctx) < 0)
-		elog(ERROR, "could not compute request fingerprint: %s",
-			 pg_cryptohash_error(digest_ctx));
-	return digest_ctx;
-}
-
-/*
- * Digest fn's identity and its arguments into the request fingerprint.
+ * The request fingerprint of a call: fn's identity and its arguments.
  * Arguments are turned into jsonb first, so that no user code (casts,
  * output functions) runs while the shared digest context is in use.
  */
 uint64
-RequestFingerprint(CallSite *site, Datum *values, bool *nulls)
+IdemRequestFingerprint(IdemCallSite *site, Datum *values, bool *nulls)
 {
 	Datum		as_jsonb[FUNC_MAX_ARGS];
-	pg_cryptohash_ctx *ctx;
-	uint8		digest[PG_SHA256_DIGEST_LENGTH];
-	uint64		hash = 0;
 
 	for (int i = 0; i < site->fn.nargs; i++)
 	{
-		if (!nulls[i] && site->args[i].param.hash == ARG_HASH_VIA_JSONB)
-			as_jsonb[i] = FunctionCall1(&site->args[i].hash, values[i]);
+		if (!nulls[i] && site->args[i].param.fingerprint.encoding == IDEM_ARG_VIA_JSONB)
+			as_jsonb[i] = FunctionCall1(&site->args[i].to_jsonb, values[i]);
 		else
 			as_jsonb[i] = values[i];
 	}
 
-	ctx = FingerprintDigest();
-	DigestItem(ctx, 'f', site->fn.signature_digest, PG_SHA256_DIGEST_LENGTH);
+	IdemFingerprintBegin(site->fn.signature_digest);
 	for (int i = 0; i < site->fn.nargs; i++)
 	{
 		if (nulls[i])
-			DigestItem(ctx, 'z', NULL, 0);
-		else if (site->args[i].param.hash == ARG_HASH_TYPE)
-			DigestImage(ctx, &site->args[i].param, values[i]);
+			IdemFingerprintNull();
+		else if (site->args[i].param.fingerprint.encoding == IDEM_ARG_IMAGE)
+			IdemFingerprintImage(&site->args[i].param.fingerprint, values[i]);
 		else
-		{
-			DigestItem(ctx, 'j', NULL, 0);
-			DigestJsonb(ctx, DatumGetJsonbP(as_jsonb[i]));
-		}
+			IdemFingerprintJsonb(DatumGetJsonbP(as_jsonb[i]));
 	}
-	if (pg_cryptohash_final(ctx, digest, sizeof(digest)) < 0)
-		elog(ERROR, "could not compute request fingerprint: %s",
-			 pg_cryptohash_error(ctx));
-	for (int b = 0; b < 8; b++)
-		hash = (hash << 8) | digest[b];
-	return hash;
+	return IdemFingerprintEnd();
 }
 
 /* Return the JSON null that stands for a NULL or void result. */
-Jsonb *
+static Jsonb *
 JsonNull(void)
 {
 	static Jsonb *json_null = NULL;
@@ -666,11 +464,11 @@ JsonNull(void)
 }
 
 /*
- * Run fn on the arguments with the collation of the idempotent_call
- * expression, and return its result as jsonb.
+ * Run fn on the arguments with the given collation and return its result as
+ * jsonb.
  */
-Jsonb *
-InvokeFunction(CallSite *site, Datum *values, bool *nulls, Oid collation)
+static Jsonb *
+CallFunction(IdemCallSite *site, Datum *values, bool *nulls, Oid collation)
 {
 	LOCAL_FCINFO(call, FUNC_MAX_ARGS);
 	Datum		result;
@@ -693,4 +491,48 @@ InvokeFunction(CallSite *site, Datum *values, bool *nulls, Oid collation)
 	if (site->fn.result == RESULT_JSONB)
 		return DatumGetJsonbP(result);
 	return DatumGetJsonbP(FunctionCall1(&site->result_to_jsonb, result));
+}
+
+/*
+ * Run fn for (owner, key) and return its outcome.  While it runs, the key
+ * is on the list of keys running in this backend, and a nested call on it
+ * is refused: running fn again would be a second execution, and waiting for
+ * our own key lock a self-deadlock.
+ */
+Jsonb *
+IdemInvokeFunction(IdemCallSite *site, Datum *values, bool *nulls,
+				   Oid collation, Oid owner, text *key)
+{
+	Jsonb	   *volatile outcome = NULL;
+	RunningKey	running;
+
+	for (RunningKey *other = running_keys; other != NULL; other = other->outer)
+	{
+		if (other->owner == owner &&
+			VARSIZE_ANY_EXHDR(other->key) == VARSIZE_ANY_EXHDR(key) &&
+			memcmp(VARDATA_ANY(other->key), VARDATA_ANY(key),
+				   VARSIZE_ANY_EXHDR(key)) == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_IDEM_NESTED_CALL),
+					 errmsg("idempotent call with key \"%s\" is already running in this session",
+							IdemKeyForMessage(key)),
+					 errdetail("The function of this call called idem.idempotent_call again with the same key, which would run it a second time."),
+					 errhint("Give the inner call a key of its own.")));
+	}
+
+	running.owner = owner;
+	running.key = key;
+	running.outer = running_keys;
+	running_keys = &running;
+	PG_TRY();
+	{
+		outcome = CallFunction(site, values, nulls, collation);
+	}
+	PG_FINALLY();
+	{
+		Assert(running_keys == &running);
+		running_keys = running.outer;
+	}
+	PG_END_TRY();
+	return outcome;
 }

@@ -2,14 +2,17 @@
  *
  * dynamodb.c
  *		A small DynamoDB client on the libcurl multi interface, for idem's
- *		sync worker.
+ *		sync.
  *
  * Many requests travel at once over keep-alive connections that the multi
  * handle pools.  Requests are signed by libcurl (CURLOPT_AWS_SIGV4).  The
- * caller waits in DynamoWait(), which sleeps on the process latch and on
- * libcurl's sockets together, so a commit that sets the latch wakes the
- * worker even while transfers are pending.  Answers are classified into
- * success, failed condition, transient and permanent failures.
+ * caller waits in IdemDynamoWait(), which sleeps on the process latch and
+ * on libcurl's sockets together, so whoever sets the latch wakes the caller
+ * even while transfers are pending.  Answers are classified into success,
+ * failed condition, transient and permanent failures.
+ *
+ * This file is a leaf: everything it needs comes in its IdemDynamoConfig,
+ * so that any process with a latch can use it, not only the sync worker.
  *
  * libcurl allocates with malloc: nothing libcurl owns is palloc'd, and no
  * libcurl callback can raise a PostgreSQL error.
@@ -20,11 +23,13 @@
 
 #include <curl/curl.h>
 
+#include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "storage/latch.h"
 #include "utils/memutils.h"
+#include "utils/timestamp.h"
 
-#include "sync_internal.h"
+#include "dynamodb.h"
 
 /* One request on the wire. */
 typedef struct DynamoRequest
@@ -47,7 +52,7 @@ typedef struct DynamoSocket
 	int			what;			/* CURL_POLL_IN, _OUT or _INOUT */
 } DynamoSocket;
 
-struct DynamoClient
+struct IdemDynamoClient
 {
 	CURLM	   *multi;
 	char	   *url;
@@ -55,8 +60,7 @@ struct DynamoClient
 	char	   *sigv4;
 	char	   *token_header;
 	int			timeout_ms;
-	int			in_flight;
-	DynamoRequest *requests;	/* open requests, for DynamoDestroy */
+	DynamoRequest *requests;	/* open requests, for IdemDynamoDestroy */
 	long		timer_ms;		/* libcurl's timer; -1 when none */
 	TimestampTz timer_set_at;
 	DynamoSocket *sockets;
@@ -98,7 +102,7 @@ static int
 DynamoSocketCallback(CURL *easy, curl_socket_t fd, int what, void *userp,
 					 void *socketp)
 {
-	DynamoClient *client = (DynamoClient *) userp;
+	IdemDynamoClient *client = (IdemDynamoClient *) userp;
 	int			i;
 
 	for (i = 0; i < client->nsockets; i++)
@@ -134,7 +138,7 @@ DynamoSocketCallback(CURL *easy, curl_socket_t fd, int what, void *userp,
 static int
 DynamoTimerCallback(CURLM *multi, long timeout_ms, void *userp)
 {
-	DynamoClient *client = (DynamoClient *) userp;
+	IdemDynamoClient *client = (IdemDynamoClient *) userp;
 
 	client->timer_ms = timeout_ms;
 	client->timer_set_at = GetCurrentTimestamp();
@@ -142,10 +146,10 @@ DynamoTimerCallback(CURLM *multi, long timeout_ms, void *userp)
 }
 
 /* Create a client for one endpoint and set of credentials. */
-DynamoClient *
-DynamoCreate(const DynamoConfig *config)
+IdemDynamoClient *
+IdemDynamoCreate(const IdemDynamoConfig *config)
 {
-	DynamoClient *client;
+	IdemDynamoClient *client;
 	MemoryContext cxt;
 
 	if (!curl_initialized)
@@ -159,7 +163,7 @@ DynamoCreate(const DynamoConfig *config)
 
 	cxt = AllocSetContextCreate(TopMemoryContext, "idem DynamoDB client",
 								ALLOCSET_SMALL_SIZES);
-	client = MemoryContextAllocZero(cxt, sizeof(DynamoClient));
+	client = MemoryContextAllocZero(cxt, sizeof(IdemDynamoClient));
 	client->cxt = cxt;
 	client->url = MemoryContextStrdup(cxt, config->endpoint);
 	client->userpwd = MemoryContextStrdup(cxt, psprintf("%s:%s",
@@ -192,7 +196,7 @@ DynamoCreate(const DynamoConfig *config)
 
 /* Unlink a request from its client and free what libcurl allocated for it. */
 static void
-FreeRequest(DynamoClient *client, DynamoRequest *req)
+FreeRequest(IdemDynamoClient *client, DynamoRequest *req)
 {
 	if (req->prev)
 		req->prev->next = req->next;
@@ -205,12 +209,11 @@ FreeRequest(DynamoClient *client, DynamoRequest *req)
 	curl_slist_free_all(req->headers);
 	free(req->response);
 	free(req);
-	client->in_flight--;
 }
 
 /* Abort every transfer and free the client. */
 void
-DynamoDestroy(DynamoClient *client)
+IdemDynamoDestroy(IdemDynamoClient *client)
 {
 	while (client->requests)
 		FreeRequest(client, client->requests);
@@ -221,8 +224,8 @@ DynamoDestroy(DynamoClient *client)
 
 /* Start one signed DynamoDB request; body must live until its result. */
 void
-DynamoSend(DynamoClient *client, const char *operation, const char *body,
-		   void *private)
+IdemDynamoSend(IdemDynamoClient *client, const char *operation,
+			   const char *body, void *private)
 {
 	DynamoRequest *req;
 	CURL	   *easy;
@@ -273,14 +276,6 @@ DynamoSend(DynamoClient *client, const char *operation, const char *body,
 	if (client->requests)
 		client->requests->prev = req;
 	client->requests = req;
-	client->in_flight++;
-}
-
-/* How many requests have not produced a result yet. */
-int
-DynamoInFlight(DynamoClient *client)
-{
-	return client->in_flight;
 }
 
 /*
@@ -289,7 +284,7 @@ DynamoInFlight(DynamoClient *client)
  * true if the latch was set (and resets it).
  */
 bool
-DynamoWait(DynamoClient *client, long timeout_ms, uint32 wait_event)
+IdemDynamoWait(IdemDynamoClient *client, long timeout_ms, uint32 wait_event)
 {
 	WaitEventSet *set;
 	WaitEvent  *events;
@@ -397,7 +392,7 @@ ErrorBodyField(const char *body, const char *field)
 
 /* Sort an answer into success, failed condition, transient or permanent. */
 static void
-ClassifyAnswer(DynamoResult *result, CURLcode rc, DynamoRequest *req)
+ClassifyAnswer(IdemDynamoResult *result, CURLcode rc, DynamoRequest *req)
 {
 	char	   *type;
 	char	   *message;
@@ -405,14 +400,14 @@ ClassifyAnswer(DynamoResult *result, CURLcode rc, DynamoRequest *req)
 
 	if (rc != CURLE_OK)
 	{
-		result->status = DYNAMO_TRANSIENT;
+		result->status = IDEM_DYNAMO_TRANSIENT;
 		result->error = psprintf("HTTP request failed: %s",
 								 req->errbuf[0] ? req->errbuf : curl_easy_strerror(rc));
 		return;
 	}
 	if (result->http_status == 200)
 	{
-		result->status = DYNAMO_OK;
+		result->status = IDEM_DYNAMO_OK;
 		return;
 	}
 
@@ -423,9 +418,9 @@ ClassifyAnswer(DynamoResult *result, CURLcode rc, DynamoRequest *req)
 	shorttype = type ? (strchr(type, '#') ? strchr(type, '#') + 1 : type) : "";
 
 	if (result->http_status >= 500 || result->http_status == 429)
-		result->status = DYNAMO_TRANSIENT;
+		result->status = IDEM_DYNAMO_TRANSIENT;
 	else if (strcmp(shorttype, "ConditionalCheckFailedException") == 0)
-		result->status = DYNAMO_CONDITION_FAILED;
+		result->status = IDEM_DYNAMO_CONDITION_FAILED;
 	else if (strcmp(shorttype, "ThrottlingException") == 0 ||
 			 strcmp(shorttype, "ProvisionedThroughputExceededException") == 0 ||
 			 strcmp(shorttype, "RequestLimitExceeded") == 0 ||
@@ -433,22 +428,22 @@ ClassifyAnswer(DynamoResult *result, CURLcode rc, DynamoRequest *req)
 			 strcmp(shorttype, "TransactionConflictException") == 0 ||
 			 strcmp(shorttype, "InternalServerError") == 0 ||
 			 strcmp(shorttype, "ServiceUnavailable") == 0)
-		result->status = DYNAMO_TRANSIENT;
+		result->status = IDEM_DYNAMO_TRANSIENT;
 	else
-		result->status = DYNAMO_PERMANENT;
+		result->status = IDEM_DYNAMO_PERMANENT;
 
 	result->error = psprintf("DynamoDB answered HTTP %ld %s%s%s",
 							 result->http_status,
 							 shorttype[0] ? shorttype : "(no error type)",
 							 message ? ": " : "",
 							 message ? message : "");
-	if (strlen(result->error) > SYNC_LAST_ERROR_LEN - 1)
-		result->error[SYNC_LAST_ERROR_LEN - 1] = '\0';
+	if (strlen(result->error) > IDEM_DYNAMO_ERROR_MAX - 1)
+		result->error[IDEM_DYNAMO_ERROR_MAX - 1] = '\0';
 }
 
 /* Take the next finished request's result, if any; false when none. */
 bool
-DynamoNextResult(DynamoClient *client, DynamoResult *result)
+IdemDynamoNextResult(IdemDynamoClient *client, IdemDynamoResult *result)
 {
 	CURLMsg    *msg;
 	int			left;
@@ -465,7 +460,7 @@ DynamoNextResult(DynamoClient *client, DynamoResult *result)
 	rc = msg->data.result;
 	curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **) &req);
 
-	memset(result, 0, sizeof(DynamoResult));
+	memset(result, 0, sizeof(IdemDynamoResult));
 	result->private = req->private;
 	curl_easy_getinfo(msg->easy_handle, CURLINFO_RESPONSE_CODE, &result->http_status);
 	result->body = pstrdup(req->response ? req->response : "");

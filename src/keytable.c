@@ -10,7 +10,7 @@
  * record another transaction is still writing is found and waited for
  * instead of being missed.
  *
- * A call opens the table and its primary key once (OpenKeyTable), probes
+ * A call opens the table and its primary key once (IdemKeyTableOpen), probes
  * through one index scan that a second probe rescans, and writes through
  * the same relations; locks are kept to the end of the transaction, as the
  * executor keeps them.  Rows are written with simple_heap_insert plus an
@@ -19,7 +19,7 @@
  *
  *-------------------------------------------------------------------------
  */
-#include "idem.h"
+#include "postgres.h"
 
 #include "access/genam.h"
 #include "access/heapam.h"
@@ -41,6 +41,10 @@
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
+
+#include "catalog.h"
+#include "key.h"
+#include "keytable.h"
 
 /* Columns of idem.records, in table order. */
 enum
@@ -74,7 +78,6 @@ InvalidateKeyTable(Datum arg, Oid relid)
 static void
 ResolveKeyTable(void)
 {
-	Oid			nspid;
 	Oid			relid;
 	Relation	rel;
 
@@ -84,8 +87,7 @@ ResolveKeyTable(void)
 		callback_registered = true;
 	}
 
-	nspid = get_namespace_oid("idem", true);
-	relid = OidIsValid(nspid) ? get_relname_relid("records", nspid) : InvalidOid;
+	relid = IdemTableOid("records", true);
 	if (!OidIsValid(relid))
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_TABLE),
@@ -129,7 +131,7 @@ ResolveKeyTable(void)
  * same transaction finds them already held.
  */
 void
-OpenKeyTable(KeyTable *table, Oid owner, text *key)
+IdemKeyTableOpen(IdemKeyTable *table, Oid owner, text *key)
 {
 	Oid			pkey;
 
@@ -154,7 +156,7 @@ OpenKeyTable(KeyTable *table, Oid owner, text *key)
  * while fn runs.
  */
 void
-EndProbes(KeyTable *table)
+IdemKeyTableEndProbes(IdemKeyTable *table)
 {
 	if (table->scan != NULL)
 	{
@@ -165,11 +167,11 @@ EndProbes(KeyTable *table)
 	}
 }
 
-/* Close the key table opened by OpenKeyTable; its locks stay held. */
+/* Close the key table opened by IdemKeyTableOpen; its locks stay held. */
 void
-CloseKeyTable(KeyTable *table)
+IdemKeyTableClose(IdemKeyTable *table)
 {
-	EndProbes(table);
+	IdemKeyTableEndProbes(table);
 	index_close(table->index, NoLock);
 	table_close(table->heap, NoLock);
 }
@@ -185,7 +187,7 @@ CloseKeyTable(KeyTable *table)
  * transaction can neither replay an outcome it must not see nor run fn.
  */
 void
-ProbeRecord(KeyTable *table, text *key, TimestampTz now, RecordProbe *probe)
+IdemKeyTableProbe(IdemKeyTable *table, text *key, TimestampTz now, IdemRecordProbe *probe)
 {
 	TupleTableSlot *slot;
 
@@ -198,7 +200,7 @@ ProbeRecord(KeyTable *table, text *key, TimestampTz now, RecordProbe *probe)
 	slot = table->slot;
 	index_rescan(table->scan, table->scankeys, 2, NULL, 0);
 
-	probe->state = RECORD_ABSENT;
+	probe->state = IDEM_RECORD_ABSENT;
 	/* the unique index admits at most one row that is not dead */
 	if (index_getnext_slot(table->scan, ForwardScanDirection, slot))
 	{
@@ -207,7 +209,7 @@ ProbeRecord(KeyTable *table, text *key, TimestampTz now, RecordProbe *probe)
 
 		if (TransactionIdIsValid(writer))
 		{
-			probe->state = RECORD_BUSY;
+			probe->state = IDEM_RECORD_BUSY;
 			probe->busy_xid = writer;
 		}
 		else
@@ -223,16 +225,16 @@ ProbeRecord(KeyTable *table, text *key, TimestampTz now, RecordProbe *probe)
 				ereport(ERROR,
 						(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
 						 errmsg("could not serialize access due to a concurrent idempotent call with key \"%s\"",
-								KeyForMessage(key)),
+								IdemKeyForMessage(key)),
 						 errdetail("Another transaction recorded an outcome for this key after this transaction's snapshot was taken."),
 						 errhint("Retry the transaction: the retry returns the recorded outcome.")));
 
 			probe->tid = slot->tts_tid;
 			if (DatumGetTimestampTz(slot_getattr(slot, COL_EXPIRES_AT + 1, &isnull)) <= now)
-				probe->state = RECORD_EXPIRED;
+				probe->state = IDEM_RECORD_EXPIRED;
 			else
 			{
-				probe->state = RECORD_LIVE;
+				probe->state = IDEM_RECORD_LIVE;
 				probe->request_hash = (uint64) DatumGetInt64(slot_getattr(slot, COL_REQUEST_HASH + 1, &isnull));
 				probe->outcome = DatumGetJsonbPCopy(slot_getattr(slot, COL_OUTCOME + 1, &isnull));
 			}
@@ -314,7 +316,7 @@ InsertIndexEntries(Relation heap, HeapTuple tuple)
  * transaction: it commits or vanishes with fn's effects.
  */
 void
-WriteRecord(KeyTable *table, Oid owner, text *key, uint64 request_hash,
+IdemKeyTableWrite(IdemKeyTable *table, Oid owner, text *key, uint64 request_hash,
 			Jsonb *outcome, TimestampTz created_at, TimestampTz expires_at,
 			ItemPointer expired_tid)
 {

@@ -2,7 +2,8 @@
  *
  * sync_format.c
  *		The DynamoDB side of idem's sync: item ids, the AttributeValue form
- *		of outcomes, request bodies, and reading an item back.
+ *		of outcomes, request bodies, and reading an item back; and the SQL
+ *		functions that show them.
  *
  * Items follow the record format of Powertools for AWS Lambda (TypeScript)
  * idempotency, so that a Lambda function using the same key prefix and key
@@ -19,6 +20,7 @@
  */
 #include "postgres.h"
 
+#include "commands/dbcommands.h"
 #include "common/base64.h"
 #include "common/jsonapi.h"
 #include "common/md5.h"
@@ -30,8 +32,10 @@
 #include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/numeric.h"
+#include "utils/timestamp.h"
 
-#include "sync_internal.h"
+#include "sync.h"
+#include "sync_format.h"
 
 /* The condition under which Powertools itself may claim an id. */
 #define CLAIM_CONDITION \
@@ -41,12 +45,15 @@
 
 static bool AppendPlainJson(StringInfo buf, JsonbContainer *av);
 
+PG_FUNCTION_INFO_V1(idem_sync_item_id);
+PG_FUNCTION_INFO_V1(idem_sync_put_item_request);
+
 /*
  * Derive the Powertools id of a key: the trimmed prefix, '#', and the base64
  * md5 of the key written as JavaScript's JSON.stringify writes a string.
  */
 char *
-SyncItemId(const char *prefix, const char *key)
+IdemSyncItemId(const char *prefix, const char *key)
 {
 	StringInfoData json;
 	StringInfoData id;
@@ -126,8 +133,8 @@ AppendScalarAttributeValue(StringInfo buf, JsonbValue *v)
  * Append a jsonb document as a DynamoDB AttributeValue: object M, array L,
  * string S, number N, boolean BOOL, null NULL.
  */
-void
-SyncAppendAttributeValue(StringInfo buf, JsonbContainer *jc)
+static void
+AppendAttributeValue(StringInfo buf, JsonbContainer *jc)
 {
 	JsonbIterator *it;
 	JsonbIteratorToken tok;
@@ -171,7 +178,7 @@ SyncAppendAttributeValue(StringInfo buf, JsonbContainer *jc)
 				first = false;
 			}
 			if (v.type == jbvBinary)
-				SyncAppendAttributeValue(buf, v.val.binary.data);
+				AppendAttributeValue(buf, v.val.binary.data);
 			else
 				AppendScalarAttributeValue(buf, &v);
 		}
@@ -180,28 +187,44 @@ SyncAppendAttributeValue(StringInfo buf, JsonbContainer *jc)
 }
 
 /*
+ * Unix time of a timestamp in units of 1/per_second seconds (1: seconds,
+ * 1000: milliseconds), rounded down also before 1970.  DynamoDB items carry
+ * epoch numbers; computing them in one place keeps the items the worker
+ * sends and those idem.sync_put_item_request() shows alike.
+ */
+static int64
+UnixEpoch(TimestampTz ts, int64 per_second)
+{
+	int64		unit = USECS_PER_SEC / per_second;
+	int64		units = ts / unit;
+
+	/* C division truncates toward zero: step down for earlier instants. */
+	if (ts % unit < 0)
+		units--;
+	/* The epochs differ by whole seconds, so adding them after is exact. */
+	return units + (int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * per_second;
+}
+
+/*
  * Build the body of the conditional PutItem that writes an outcome: the
  * item may only be written where Powertools could claim the id itself.
  */
 char *
-SyncPutItemBody(const char *table, const char *id, Jsonb *outcome,
-				int64 expiration, const char *role, const char *database,
-				TimestampTz now)
+IdemSyncPutItemBody(const char *table, const char *id, Jsonb *outcome,
+					TimestampTz expires_at, const char *role,
+					const char *database, TimestampTz now)
 {
 	StringInfoData buf;
-	int64		now_ms;
-
-	/* Unix epoch milliseconds of now. */
-	now_ms = (now / 1000) + (int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * 1000;
 
 	initStringInfo(&buf);
 	appendStringInfoString(&buf, "{\"TableName\":");
 	escape_json(&buf, table);
 	appendStringInfoString(&buf, ",\"Item\":{\"id\":{\"S\":");
 	escape_json(&buf, id);
-	appendStringInfo(&buf, "},\"expiration\":{\"N\":\"" INT64_FORMAT "\"}", expiration);
+	appendStringInfo(&buf, "},\"expiration\":{\"N\":\"" INT64_FORMAT "\"}",
+					 UnixEpoch(expires_at, 1));
 	appendStringInfoString(&buf, ",\"status\":{\"S\":\"COMPLETED\"},\"data\":");
-	SyncAppendAttributeValue(&buf, &outcome->root);
+	AppendAttributeValue(&buf, &outcome->root);
 	appendStringInfoString(&buf, ",\"pg_role\":{\"S\":");
 	escape_json(&buf, role);
 	appendStringInfoString(&buf, "},\"pg_database\":{\"S\":");
@@ -213,13 +236,13 @@ SyncPutItemBody(const char *table, const char *id, Jsonb *outcome,
 	appendStringInfo(&buf, ",\"ExpressionAttributeValues\":{\":now\":{\"N\":\"" INT64_FORMAT "\"},"
 					 "\":now_ms\":{\"N\":\"" INT64_FORMAT "\"},"
 					 "\":inprogress\":{\"S\":\"INPROGRESS\"}}}",
-					 now_ms / 1000, now_ms);
+					 UnixEpoch(now, 1), UnixEpoch(now, 1000));
 	return buf.data;
 }
 
 /* Build the body of a strongly consistent GetItem of one id. */
 char *
-SyncGetItemBody(const char *table, const char *id)
+IdemSyncGetItemBody(const char *table, const char *id)
 {
 	StringInfoData buf;
 
@@ -358,7 +381,7 @@ AppendPlainJson(StringInfo buf, JsonbContainer *av)
  * missing or not representable as JSON.
  */
 Jsonb *
-SyncRemoteData(const char *response, bool *found, char **status)
+IdemSyncRemoteData(const char *response, bool *found, char **status)
 {
 	JsonLexContext *lex;
 	Jsonb	   *doc;
@@ -400,4 +423,32 @@ SyncRemoteData(const char *response, bool *found, char **status)
 	if (!AppendPlainJson(&buf, data->val.binary.data))
 		return NULL;
 	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
+}
+
+/* SQL: the Powertools id of a key under a prefix. */
+Datum
+idem_sync_item_id(PG_FUNCTION_ARGS)
+{
+	char	   *prefix = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	char	   *key = text_to_cstring(PG_GETARG_TEXT_PP(1));
+
+	PG_RETURN_TEXT_P(cstring_to_text(IdemSyncItemId(prefix, key)));
+}
+
+/* SQL: the PutItem request the worker would send for an outcome, as jsonb. */
+Datum
+idem_sync_put_item_request(PG_FUNCTION_ARGS)
+{
+	char	   *prefix = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	char	   *key = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	Jsonb	   *outcome = PG_GETARG_JSONB_P(2);
+	TimestampTz expires_at = PG_GETARG_TIMESTAMPTZ(3);
+	char	   *body;
+	char	   *dbname = get_database_name(MyDatabaseId);
+
+	body = IdemSyncPutItemBody(IdemSyncEnabled() ? idem_dynamodb_table : "unset",
+							   IdemSyncItemId(prefix, key), outcome, expires_at,
+							   GetUserNameFromId(GetUserId(), false),
+							   dbname ? dbname : "", GetCurrentTimestamp());
+	PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(body)));
 }

@@ -1,0 +1,42 @@
+/*-------------------------------------------------------------------------
+ *
+ * sync.h
+ *		idem's DynamoDB sync: its settings, its shared state, and waking
+ *		its worker.
+ *
+ * The core calls IdemSyncInit() at the end of _PG_init() and
+ * IdemOutboxRecord() (sync_outbox.h) after it writes the record of a first
+ * execution; nothing else of the sync is meant for it.  The rest of this
+ * header serves the other files of the sync.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef IDEM_SYNC_H
+#define IDEM_SYNC_H
+
+#include "postgres.h"
+
+/* The idem.dynamodb_* settings */
+extern char *idem_dynamodb_table;
+extern char *idem_dynamodb_region;
+extern char *idem_dynamodb_endpoint;
+extern char *idem_dynamodb_key_prefix;
+extern char *idem_dynamodb_database;
+extern char *idem_dynamodb_access_key_id;
+extern char *idem_dynamodb_secret_access_key;
+extern char *idem_dynamodb_session_token;
+extern int	idem_dynamodb_request_timeout;	/* milliseconds */
+extern int	idem_dynamodb_parallelism;
+extern int	idem_dynamodb_retry_max_delay;	/* milliseconds */
+
+extern void IdemSyncInit(void);
+extern bool IdemSyncEnabled(void);
+extern void IdemSyncSetLastError(const char *msg);
+extern void IdemSyncWakeWorkerAtCommit(void);
+
+/* For the sync worker: its entry in the shared state. */
+extern void IdemSyncAttachWorker(void);
+extern void IdemSyncSetInFlight(int in_flight);
+extern void IdemSyncCountRequest(void);
+
+#endif							/* IDEM_SYNC_H */

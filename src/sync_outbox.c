@@ -1,0 +1,262 @@
+/*-------------------------------------------------------------------------
+ *
+ * sync_outbox.c
+ *		idem.sync_outbox, the queue of outcomes to deliver to DynamoDB: the
+ *		only C code that reads or writes it.
+ *
+ * IdemOutboxRecord() inserts a row in the caller's transaction, so the
+ * request to sync commits or vanishes with the outcome, and asks for the
+ * worker to be woken at commit.  The sync worker takes due rows and
+ * records each verdict with the other functions; they run in the worker's
+ * transaction and SPI connection, so that it decides what one transaction
+ * covers.
+ *
+ * Rows move from pending to delivered, failed or conflict; a retry stays
+ * pending with a later next_attempt_at.  Verdicts change only rows still
+ * pending: a row a user changed while its request was on the wire keeps
+ * the user's change.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+#include "utils/timestamp.h"
+
+#include "catalog.h"
+#include "sync.h"
+#include "sync_outbox.h"
+
+static SPIPlanPtr insert_plan = NULL;
+
+/* Find idem.sync_outbox and its owner. */
+static Oid
+OutboxOwner(void)
+{
+	Oid			relid = IdemTableOid("sync_outbox", true);
+
+	if (!OidIsValid(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("table idem.sync_outbox does not exist"),
+				 errhint("Update the idem extension, or set idem.dynamodb_table to '' to turn the sync off.")));
+	return IdemTableOwner(relid);
+}
+
+/*
+ * Queue an outcome for DynamoDB in the caller's transaction; nothing but a
+ * check when the sync is off.
+ */
+void
+IdemOutboxRecord(Oid owner, text *key, Jsonb *outcome, TimestampTz expires_at)
+{
+	Oid			save_userid;
+	int			save_sec_context;
+	Datum		values[5];
+	int			ret;
+
+	if (!IdemSyncEnabled())
+		return;
+
+	/* The caller has no right on the outbox: write it as its owner. */
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	SetUserIdAndSecContext(OutboxOwner(),
+						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION);
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (insert_plan == NULL)
+	{
+		Oid			argtypes[5] = {OIDOID, TEXTOID, TEXTOID, JSONBOID, TIMESTAMPTZOID};
+		SPIPlanPtr	plan;
+
+		plan = SPI_prepare("INSERT INTO idem.sync_outbox "
+						   "(owner, key, key_prefix, outcome, expires_at) "
+						   "VALUES ($1, $2, $3, $4, $5)", 5, argtypes);
+		if (plan == NULL)
+			elog(ERROR, "could not prepare the outbox insert: %s",
+				 SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+		insert_plan = plan;
+	}
+	values[0] = ObjectIdGetDatum(owner);
+	values[1] = PointerGetDatum(key);
+	values[2] = CStringGetTextDatum(idem_dynamodb_key_prefix ? idem_dynamodb_key_prefix : "");
+	values[3] = JsonbPGetDatum(outcome);
+	values[4] = TimestampTzGetDatum(expires_at);
+	ret = SPI_execute_plan(insert_plan, values, NULL, false, 0);
+	if (ret != SPI_OK_INSERT)
+		elog(ERROR, "could not queue an outcome for DynamoDB: %s",
+			 SPI_result_code_string(ret));
+	SPI_finish();
+
+	SetUserIdAndSecContext(save_userid, save_sec_context);
+	IdemSyncWakeWorkerAtCommit();
+}
+
+/* Whether this database has idem's outbox (inside a transaction). */
+bool
+IdemOutboxExists(void)
+{
+	return OidIsValid(IdemTableOid("sync_outbox", true));
+}
+
+/* Row ids as an int8[] datum. */
+static Datum
+IdArray(const int64 *ids, int nids)
+{
+	Datum	   *elems = palloc(sizeof(Datum) * (nids + 1));
+
+	for (int i = 0; i < nids; i++)
+		elems[i] = Int64GetDatum(ids[i]);
+	return PointerGetDatum(construct_array(elems, nids, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+}
+
+/*
+ * Read up to limit pending rows that are due, earliest first, leaving out
+ * the ids in skip (those on the wire).  Returns how many were read; *rows
+ * lives in the current memory context, which SPI_finish frees.
+ */
+int
+IdemOutboxFetchDue(const int64 *skip, int nskip, int limit,
+				   IdemOutboxRow **rows)
+{
+	Datum		args[2];
+	Oid			argtypes[2] = {INT8ARRAYOID, INT4OID};
+	int			ret;
+	uint64		got;
+	IdemOutboxRow *out;
+
+	args[0] = IdArray(skip, nskip);
+	args[1] = Int32GetDatum(limit);
+	ret = SPI_execute_with_args("SELECT o.id, o.attempts, o.key_prefix, o.key, o.outcome, "
+								"  o.expires_at, "
+								"  pg_catalog.pg_get_userbyid(o.owner)::text "
+								"FROM idem.sync_outbox o "
+								"WHERE o.state = 'pending' "
+								"  AND o.next_attempt_at <= pg_catalog.clock_timestamp() "
+								"  AND o.id <> ALL ($1) "
+								"ORDER BY o.next_attempt_at, o.id LIMIT $2",
+								2, argtypes, args, NULL, true, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "could not read idem.sync_outbox: %s", SPI_result_code_string(ret));
+	got = SPI_processed;
+
+	out = palloc0(sizeof(IdemOutboxRow) * (got + 1));
+	for (uint64 r = 0; r < got; r++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[r];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+
+		out[r].id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+		out[r].attempts = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
+		out[r].key_prefix = TextDatumGetCString(SPI_getbinval(tup, desc, 3, &isnull));
+		out[r].key = TextDatumGetCString(SPI_getbinval(tup, desc, 4, &isnull));
+		out[r].outcome = DatumGetJsonbP(SPI_getbinval(tup, desc, 5, &isnull));
+		out[r].expires_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 6, &isnull));
+		out[r].role = TextDatumGetCString(SPI_getbinval(tup, desc, 7, &isnull));
+	}
+	*rows = out;
+	return (int) got;
+}
+
+/*
+ * When the earliest pending row not in skip falls due; 0 if there is none
+ * (or it cannot be read: the worker looks again at its next wake-up).
+ */
+TimestampTz
+IdemOutboxNextDue(const int64 *skip, int nskip)
+{
+	Datum		args[1];
+	Oid			argtypes[1] = {INT8ARRAYOID};
+	int			ret;
+
+	args[0] = IdArray(skip, nskip);
+	ret = SPI_execute_with_args("SELECT pg_catalog.min(o.next_attempt_at) "
+								"FROM idem.sync_outbox o "
+								"WHERE o.state = 'pending' AND o.id <> ALL ($1)",
+								1, argtypes, args, NULL, true, 0);
+	if (ret == SPI_OK_SELECT && SPI_processed == 1)
+	{
+		bool		isnull;
+		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+
+		if (!isnull)
+			return DatumGetTimestampTz(d);
+	}
+	return 0;
+}
+
+/* Write verdicts to the outbox; the delivered ones in one statement. */
+void
+IdemOutboxRecordVerdicts(const IdemOutboxVerdict *verdicts, int nverdicts)
+{
+	int64	   *delivered;
+	int			ndelivered = 0;
+	Oid			argtypes[4] = {INT8OID, TEXTOID, FLOAT8OID, JSONBOID};
+
+	delivered = palloc(sizeof(int64) * (nverdicts + 1));
+	for (int i = 0; i < nverdicts; i++)
+	{
+		const IdemOutboxVerdict *v = &verdicts[i];
+		Datum		args[4];
+		char		nulls[4] = {' ', ' ', ' ', ' '};
+		const char *sql = NULL;
+		int			ret;
+
+		args[0] = Int64GetDatum(v->id);
+		args[1] = v->error ? CStringGetTextDatum(v->error) : (Datum) 0;
+		nulls[1] = v->error ? ' ' : 'n';
+		args[2] = Float8GetDatum(0);
+		args[3] = v->remote ? JsonbPGetDatum(v->remote) : (Datum) 0;
+		nulls[3] = v->remote ? ' ' : 'n';
+
+		switch (v->kind)
+		{
+			case IDEM_OUTBOX_DELIVERED:
+				delivered[ndelivered++] = v->id;
+				continue;
+			case IDEM_OUTBOX_RETRY:
+				args[2] = Float8GetDatum(v->retry_delay_ms);
+				sql = "UPDATE idem.sync_outbox SET attempts = attempts + 1, last_error = $2, "
+					"next_attempt_at = pg_catalog.clock_timestamp() + $3 * interval '1 millisecond', "
+					"remote_outcome = $4 WHERE id = $1 AND state = 'pending'";
+				break;
+			case IDEM_OUTBOX_FAILED:
+				sql = "UPDATE idem.sync_outbox SET attempts = attempts + 1, last_error = $2, "
+					"state = 'failed', remote_outcome = $4 "
+					"WHERE id = $1 AND state = 'pending' AND $3 IS NOT NULL";
+				break;
+			case IDEM_OUTBOX_CONFLICT:
+				sql = "UPDATE idem.sync_outbox SET attempts = attempts + 1, last_error = $2, "
+					"state = 'conflict', remote_outcome = $4 "
+					"WHERE id = $1 AND state = 'pending' AND $3 IS NOT NULL";
+				break;
+		}
+		ret = SPI_execute_with_args(sql, 4, argtypes, args, nulls, false, 0);
+		if (ret != SPI_OK_UPDATE)
+			elog(ERROR, "could not update idem.sync_outbox: %s", SPI_result_code_string(ret));
+	}
+	if (ndelivered > 0)
+	{
+		Oid			arrtype[1] = {INT8ARRAYOID};
+		Datum		arr[1];
+		int			ret;
+
+		arr[0] = IdArray(delivered, ndelivered);
+		ret = SPI_execute_with_args("UPDATE idem.sync_outbox SET state = 'delivered', "
+									"attempts = attempts + 1, last_error = NULL, "
+									"delivered_at = pg_catalog.clock_timestamp() "
+									"WHERE id = ANY ($1) AND state = 'pending'",
+									1, arrtype, arr, NULL, false, 0);
+		if (ret != SPI_OK_UPDATE)
+			elog(ERROR, "could not update idem.sync_outbox: %s", SPI_result_code_string(ret));
+	}
+}

@@ -1,0 +1,492 @@
+/*-------------------------------------------------------------------------
+ *
+ * sync_worker.c
+ *		The background worker that delivers idem.sync_outbox to DynamoDB.
+ *
+ * The worker sleeps on its latch until a commit that queued outcomes wakes
+ * it, a retry falls due, or an answer arrives.  It takes due rows from the
+ * outbox, keeps up to idem.dynamodb_parallelism conditional PutItems in
+ * flight, and records each verdict in the outbox:
+ *
+ *	delivered	the PutItem succeeded, or its condition failed and the item
+ *				there holds the same outcome (a redelivery after a crash)
+ *	conflict	the condition failed and the item holds another outcome
+ *	failed		a permanent error; idem.sync_retry_failed() requeues it
+ *	pending		a transient error; retried after an exponential backoff
+ *				with jitter, without limit in time
+ *
+ * Which rows are on the wire lives only in this process: after a crash of
+ * anything, the restarted worker sends every pending row again, and the
+ * conditional write turns a second delivery of the same item into a no-op.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <math.h>
+
+#include "access/xact.h"
+#include "commands/dbcommands.h"
+#include "common/pg_prng.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "tcop/tcopprot.h"
+#include "utils/guc.h"
+#include "utils/jsonb.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "dynamodb.h"
+#include "sync.h"
+#include "sync_format.h"
+#include "sync_outbox.h"
+#include "sync_worker.h"
+
+/* Bodies beyond this are not sent: DynamoDB items are at most 400 KB. */
+#define MAX_REQUEST_BYTES	(4 * 1024 * 1024)
+
+/* First retry delay; doubles with each attempt up to the maximum. */
+#define RETRY_BASE_DELAY_MS 100
+
+typedef enum JobPhase
+{
+	JOB_PUT,					/* conditional PutItem on the wire */
+	JOB_GET						/* GetItem after a failed condition */
+} JobPhase;
+
+/* One outbox row being delivered. */
+typedef struct SyncJob
+{
+	int64		id;
+	int			attempts;
+	JobPhase	phase;
+	MemoryContext cxt;
+	char	   *item_id;
+	char	   *put_body;
+	char	   *get_body;
+	Jsonb	   *outcome;
+} SyncJob;
+
+static SyncJob **jobs;			/* idem.dynamodb_parallelism slots */
+static int	njobs = 0;
+static int	maxjobs = 0;
+static IdemDynamoClient *client = NULL;
+static char *database_name = NULL;
+static char *connected_database = NULL;	/* idem.dynamodb_database at start */
+static IdemOutboxVerdict *verdicts;	/* what became of jobs, not yet written */
+static int	nverdicts = 0;
+static MemoryContext loop_cxt;
+
+/* Start a transaction with a snapshot and an SPI connection. */
+static void
+BeginWork(const char *activity)
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, activity);
+}
+
+/* Commit what BeginWork started. */
+static void
+EndWork(void)
+{
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	pgstat_report_stat(false);
+	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
+/* The ids of the rows on the wire. */
+static int64 *
+InFlightIds(void)
+{
+	int64	   *ids = palloc(sizeof(int64) * (njobs + 1));
+
+	for (int i = 0; i < njobs; i++)
+		ids[i] = jobs[i]->id;
+	return ids;
+}
+
+/* Free a job and its slot. */
+static void
+DropJob(SyncJob *job)
+{
+	for (int i = 0; i < njobs; i++)
+		if (jobs[i] == job)
+		{
+			jobs[i] = jobs[--njobs];
+			break;
+		}
+	MemoryContextDelete(job->cxt);
+}
+
+/* Exponential backoff with jitter: half fixed, half random. */
+static double
+RetryDelayMs(int attempts)
+{
+	double		d = RETRY_BASE_DELAY_MS * pow(2.0, Min(attempts, 30));
+
+	d = Min(d, (double) idem_dynamodb_retry_max_delay);
+	return d / 2 + pg_prng_double(&pg_global_prng_state) * d / 2;
+}
+
+/* Note what became of a job; the verdict is written by ApplyVerdicts. */
+static void
+AddVerdict(SyncJob *job, IdemOutboxVerdictKind kind, const char *error,
+		   Jsonb *remote)
+{
+	IdemOutboxVerdict *v = &verdicts[nverdicts++];
+	MemoryContext old = MemoryContextSwitchTo(loop_cxt);
+
+	v->id = job->id;
+	v->kind = kind;
+	/* Count this attempt, as the row's attempts will once this is written. */
+	v->retry_delay_ms = kind == IDEM_OUTBOX_RETRY ? RetryDelayMs(job->attempts + 1) : 0;
+	v->error = error ? pstrdup(error) : NULL;
+	v->remote = NULL;
+	if (remote)
+	{
+		v->remote = palloc(VARSIZE(remote));
+		memcpy(v->remote, remote, VARSIZE(remote));
+	}
+	MemoryContextSwitchTo(old);
+	if (error && kind != IDEM_OUTBOX_DELIVERED)
+		IdemSyncSetLastError(error);
+	DropJob(job);
+}
+
+/*
+ * Take due outbox rows into free slots and send their PutItems.  Returns
+ * true if the slots filled up (more rows may be due), and sets *next_due to
+ * when the earliest row not taken falls due (0 if none is waiting).
+ */
+static bool
+FetchJobs(TimestampTz *next_due, bool *outbox_missing)
+{
+	int			want = maxjobs - njobs;
+	int64	   *skip;
+	int			nskip;
+	IdemOutboxRow *rows;
+	int			got;
+	bool		full;
+	TimestampTz now = GetCurrentTimestamp();
+
+	*next_due = 0;
+	*outbox_missing = false;
+	if (want <= 0)
+		return true;
+
+	BeginWork("idem sync: reading the outbox");
+	if (!IdemOutboxExists())
+	{
+		EndWork();
+		*outbox_missing = true;
+		return false;
+	}
+	/* The rows on the wire already: both reads below leave them out. */
+	skip = InFlightIds();
+	nskip = njobs;
+	got = IdemOutboxFetchDue(skip, nskip, want, &rows);
+	full = (got == want);
+
+	for (int r = 0; r < got; r++)
+	{
+		IdemOutboxRow *row = &rows[r];
+		SyncJob    *job;
+		MemoryContext cxt;
+		MemoryContext old;
+
+		cxt = AllocSetContextCreate(TopMemoryContext, "idem sync job",
+									ALLOCSET_SMALL_SIZES);
+		old = MemoryContextSwitchTo(cxt);
+		job = palloc0(sizeof(SyncJob));
+		job->cxt = cxt;
+		job->id = row->id;
+		job->attempts = row->attempts;
+		/* The row dies with the transaction; the job lives until its verdict. */
+		job->outcome = palloc(VARSIZE(row->outcome));
+		memcpy(job->outcome, row->outcome, VARSIZE(row->outcome));
+		job->item_id = IdemSyncItemId(row->key_prefix, row->key);
+		job->put_body = IdemSyncPutItemBody(idem_dynamodb_table, job->item_id,
+											job->outcome, row->expires_at,
+											row->role, database_name, now);
+		job->phase = JOB_PUT;
+		MemoryContextSwitchTo(old);
+
+		jobs[njobs++] = job;
+		if (strlen(job->put_body) > MAX_REQUEST_BYTES)
+		{
+			AddVerdict(job, IDEM_OUTBOX_FAILED,
+					   "the outcome is far larger than DynamoDB's 400 KB item limit", NULL);
+			continue;
+		}
+		IdemDynamoSend(client, "PutItem", job->put_body, job);
+		IdemSyncCountRequest();
+	}
+
+	if (!full)
+		*next_due = IdemOutboxNextDue(skip, nskip);
+	EndWork();
+	return full;
+}
+
+/* Write the collected verdicts to the outbox in one transaction. */
+static void
+ApplyVerdicts(void)
+{
+	if (nverdicts == 0)
+		return;
+
+	BeginWork("idem sync: recording deliveries");
+	if (IdemOutboxExists())
+		IdemOutboxRecordVerdicts(verdicts, nverdicts);
+	EndWork();
+	nverdicts = 0;
+}
+
+/* Decide what a PutItem or GetItem answer means for its job. */
+static void
+HandleResult(IdemDynamoResult *res)
+{
+	SyncJob    *job = (SyncJob *) res->private;
+
+	if (res->status == IDEM_DYNAMO_TRANSIENT)
+	{
+		AddVerdict(job, IDEM_OUTBOX_RETRY, res->error, NULL);
+		return;
+	}
+	if (res->status == IDEM_DYNAMO_PERMANENT)
+	{
+		AddVerdict(job, IDEM_OUTBOX_FAILED, res->error, NULL);
+		return;
+	}
+
+	if (job->phase == JOB_PUT)
+	{
+		if (res->status == IDEM_DYNAMO_OK)
+			AddVerdict(job, IDEM_OUTBOX_DELIVERED, NULL, NULL);
+		else
+		{
+			/* Someone holds the id: read what is there. */
+			MemoryContext old = MemoryContextSwitchTo(job->cxt);
+
+			job->get_body = IdemSyncGetItemBody(idem_dynamodb_table, job->item_id);
+			MemoryContextSwitchTo(old);
+			job->phase = JOB_GET;
+			IdemDynamoSend(client, "GetItem", job->get_body, job);
+			IdemSyncCountRequest();
+		}
+		return;
+	}
+
+	/* A GetItem answer after a failed condition. */
+	if (res->status == IDEM_DYNAMO_OK)
+	{
+		bool		found;
+		char	   *status;
+		Jsonb	   *remote = IdemSyncRemoteData(res->body, &found, &status);
+
+		if (!found)
+			AddVerdict(job, IDEM_OUTBOX_RETRY,
+					   "the item that failed the write condition was gone when read back", NULL);
+		else if (status != NULL && strcmp(status, "INPROGRESS") == 0)
+			AddVerdict(job, IDEM_OUTBOX_RETRY,
+					   "another system holds the key in progress", remote);
+		else if (remote != NULL &&
+				 compareJsonbContainers(&remote->root, &job->outcome->root) == 0)
+			AddVerdict(job, IDEM_OUTBOX_DELIVERED, NULL, NULL);
+		else
+			AddVerdict(job, IDEM_OUTBOX_CONFLICT,
+					   psprintf("item %s already holds a different outcome", job->item_id),
+					   remote);
+	}
+	else
+		AddVerdict(job, IDEM_OUTBOX_RETRY, "GetItem answered a failed condition", NULL);
+}
+
+/* Drop the client and forget the jobs on the wire (they stay pending). */
+static void
+ResetClient(void)
+{
+	if (client)
+		IdemDynamoDestroy(client);
+	client = NULL;
+	while (njobs > 0)
+		DropJob(jobs[0]);
+}
+
+/*
+ * Build a client from the settings and the server's AWS environment; NULL,
+ * with the reason recorded, when credentials are missing.
+ */
+static IdemDynamoClient *
+MakeClient(void)
+{
+	IdemDynamoConfig config;
+	const char *region = idem_dynamodb_region;
+	char	   *endpoint;
+
+	if (region == NULL || region[0] == '\0')
+		region = getenv("AWS_REGION");
+	if (region == NULL || region[0] == '\0')
+		region = getenv("AWS_DEFAULT_REGION");
+	if (region == NULL || region[0] == '\0')
+		region = "us-east-1";
+	if (idem_dynamodb_endpoint && idem_dynamodb_endpoint[0] != '\0')
+		endpoint = idem_dynamodb_endpoint;
+	else
+		endpoint = psprintf("https://dynamodb.%s.amazonaws.com", region);
+
+	config.endpoint = endpoint;
+	config.region = region;
+	config.access_key_id = idem_dynamodb_access_key_id[0] ? idem_dynamodb_access_key_id : getenv("AWS_ACCESS_KEY_ID");
+	config.secret_access_key = idem_dynamodb_secret_access_key[0] ? idem_dynamodb_secret_access_key : getenv("AWS_SECRET_ACCESS_KEY");
+	config.session_token = idem_dynamodb_session_token[0] ? idem_dynamodb_session_token : getenv("AWS_SESSION_TOKEN");
+	config.timeout_ms = idem_dynamodb_request_timeout;
+	config.max_connections = idem_dynamodb_parallelism;
+
+	if (config.access_key_id == NULL || config.access_key_id[0] == '\0' ||
+		config.secret_access_key == NULL || config.secret_access_key[0] == '\0')
+	{
+		IdemSyncSetLastError("no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+							 "in the server's environment, or idem.dynamodb_access_key_id and "
+							 "idem.dynamodb_secret_access_key");
+		return NULL;
+	}
+	return IdemDynamoCreate(&config);
+}
+
+/* Main function of the sync worker. */
+void
+IdemSyncWorkerMain(Datum main_arg)
+{
+	bool		need_fetch = true;
+	bool		more_waiting = false;
+	bool		outbox_missing = false;
+	TimestampTz next_due = 0;
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+
+	IdemSyncAttachWorker();
+
+	connected_database = MemoryContextStrdup(TopMemoryContext, idem_dynamodb_database);
+	BackgroundWorkerInitializeConnection(connected_database, NULL, 0);
+	/* Resolve every name of the worker's queries in pg_catalog first. */
+	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
+
+	StartTransactionCommand();
+	database_name = MemoryContextStrdup(TopMemoryContext, get_database_name(MyDatabaseId));
+	CommitTransactionCommand();
+
+	loop_cxt = AllocSetContextCreate(TopMemoryContext, "idem sync loop",
+									 ALLOCSET_DEFAULT_SIZES);
+
+	for (;;)
+	{
+		IdemDynamoResult res;
+		long		timeout = -1;
+		bool		woken;
+
+		CHECK_FOR_INTERRUPTS();
+		MemoryContextReset(loop_cxt);
+		MemoryContextSwitchTo(loop_cxt);
+
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+			if (strcmp(idem_dynamodb_database, connected_database) != 0)
+			{
+				/* Exit code 1: the postmaster starts a new worker for it. */
+				ereport(LOG,
+						(errmsg("idem DynamoDB sync worker restarting to connect to database \"%s\"",
+								idem_dynamodb_database)));
+				proc_exit(1);
+			}
+			ResetClient();
+			need_fetch = true;
+		}
+
+		if (!IdemSyncEnabled() || outbox_missing)
+		{
+			/* Nothing to do until a reload or a commit sets the latch. */
+			ResetClient();
+			IdemSyncSetInFlight(0);
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_EXIT_ON_PM_DEATH, -1,
+							 PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+			outbox_missing = false;
+			need_fetch = true;
+			continue;
+		}
+
+		if (client == NULL)
+		{
+			client = MakeClient();
+			if (client == NULL)
+			{
+				(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_EXIT_ON_PM_DEATH, -1,
+								 PG_WAIT_EXTENSION);
+				ResetLatch(MyLatch);
+				continue;
+			}
+			if (maxjobs != idem_dynamodb_parallelism)
+			{
+				maxjobs = idem_dynamodb_parallelism;
+				jobs = MemoryContextAlloc(TopMemoryContext, sizeof(SyncJob *) * maxjobs);
+				verdicts = MemoryContextAlloc(TopMemoryContext, sizeof(IdemOutboxVerdict) * maxjobs);
+			}
+		}
+
+		if (next_due != 0 && GetCurrentTimestamp() >= next_due)
+			need_fetch = true;
+		if ((need_fetch || more_waiting) && njobs < maxjobs)
+		{
+			need_fetch = false;
+			more_waiting = FetchJobs(&next_due, &outbox_missing);
+			if (outbox_missing)
+			{
+				IdemSyncSetLastError(psprintf("idem is not installed in database \"%s\" (idem.dynamodb_database)",
+											  database_name));
+				continue;
+			}
+			ApplyVerdicts();
+		}
+
+		IdemSyncSetInFlight(njobs);
+
+		if (next_due != 0)
+		{
+			long		secs;
+			int			usecs;
+
+			TimestampDifference(GetCurrentTimestamp(), next_due, &secs, &usecs);
+			timeout = secs * 1000 + usecs / 1000 + 1;
+		}
+		if (more_waiting && njobs < maxjobs)
+			timeout = 0;
+
+		woken = IdemDynamoWait(client, timeout, PG_WAIT_EXTENSION);
+		if (woken)
+			need_fetch = true;
+
+		while (IdemDynamoNextResult(client, &res))
+			HandleResult(&res);
+		/* Freed slots and rescheduled retries call for a fresh look. */
+		if (nverdicts > 0)
+			need_fetch = true;
+		ApplyVerdicts();
+	}
+}
