@@ -5,14 +5,21 @@
 -- The key table: one row per (role, key) holding the request fingerprint and
 -- the recorded outcome.  Only idem's C code writes it, so PUBLIC gets no
 -- privilege on it; callers reach their own rows through idem.my_records.
+-- Rows of idem.claim also hold a lease: token and lease_expires_at name the
+-- current holder, outcome stays NULL until idem.complete, and the holder's
+-- last idem.checkpoint is kept for whoever takes the key over.
 -- Columns are ordered for alignment: fixed-width first, then the varlenas.
 CREATE TABLE idem.records (
     request_hash bigint NOT NULL,
     created_at timestamptz NOT NULL,
     expires_at timestamptz NOT NULL,
+    token bigint,
+    lease_expires_at timestamptz,
     owner regrole NOT NULL,
     key text COLLATE "C" NOT NULL,
-    outcome jsonb NOT NULL,
+    outcome jsonb,
+    recovery_point text,
+    recovery_data jsonb,
     -- key first: it tells keys apart at the first column, so a lookup
     -- compares one column per index entry instead of two
     CONSTRAINT records_pkey PRIMARY KEY (key, owner)
@@ -26,6 +33,12 @@ COMMENT ON TABLE idem.records IS
 -- pg_dump keeps the records, so a restored database replays instead of
 -- running functions a second time.
 SELECT pg_catalog.pg_extension_config_dump('idem.records', '');
+
+-- Fencing tokens of idem.claim: every claim takes the next value, so a
+-- token is larger than every token given out before it, for any key.
+CREATE SEQUENCE idem.claim_tokens AS bigint NO CYCLE;
+REVOKE ALL ON SEQUENCE idem.claim_tokens FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('idem.claim_tokens', '');
 
 CREATE FUNCTION idem.idempotent_call(key text, fn regprocedure, VARIADIC args "any")
 RETURNS jsonb
@@ -54,11 +67,17 @@ COMMENT ON FUNCTION idem.last_call_replayed() IS
 -- caller's WHERE clause from seeing other roles' rows.
 CREATE VIEW idem.my_records WITH (security_barrier) AS
 SELECT r.key,
-       CASE WHEN r.expires_at OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp()
-            THEN 'completed' ELSE 'expired' END AS status,
+       CASE WHEN r.expires_at OPERATOR(pg_catalog.<=) pg_catalog.clock_timestamp() THEN 'expired'
+            WHEN r.outcome IS NOT NULL THEN 'completed'
+            WHEN r.lease_expires_at OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp() THEN 'claimed'
+            ELSE 'lapsed' END AS status,
        r.outcome,
        r.created_at,
-       r.expires_at
+       r.expires_at,
+       r.token,
+       r.lease_expires_at,
+       r.recovery_point,
+       r.recovery_data
   FROM idem.records r
  WHERE r.owner OPERATOR(pg_catalog.=) (SELECT a.oid FROM pg_catalog.pg_roles a
                                         WHERE a.rolname OPERATOR(pg_catalog.=) pg_catalog."current_user"());
@@ -67,6 +86,51 @@ GRANT SELECT ON idem.my_records TO PUBLIC;
 
 COMMENT ON VIEW idem.my_records IS
     'the calling role''s idempotency records';
+
+-- Work outside the database: claim a key with a lease, do the work, then
+-- complete it with the outcome (or release it).  Every function takes the
+-- key lock of (current_user, key) and writes in the caller's transaction.
+CREATE FUNCTION idem.claim(key text, request jsonb DEFAULT NULL, lease interval DEFAULT NULL,
+                           OUT state text, OUT token bigint, OUT outcome jsonb,
+                           OUT recovery_point text, OUT recovery_data jsonb)
+RETURNS record
+AS 'MODULE_PATHNAME', 'idem_claim'
+LANGUAGE C CALLED ON NULL INPUT VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION idem.claim(text, jsonb, interval) IS
+    'hold the key for lease and get state ''run'' and a fencing token, or state ''replay'' and the recorded outcome';
+
+CREATE FUNCTION idem.complete(key text, token bigint, outcome jsonb)
+RETURNS void
+AS 'MODULE_PATHNAME', 'idem_complete'
+LANGUAGE C CALLED ON NULL INPUT VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION idem.complete(text, bigint, jsonb) IS
+    'record the outcome of a claimed key; later claims replay it';
+
+CREATE FUNCTION idem.checkpoint(key text, token bigint, point text, data jsonb DEFAULT NULL)
+RETURNS void
+AS 'MODULE_PATHNAME', 'idem_checkpoint'
+LANGUAGE C CALLED ON NULL INPUT VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION idem.checkpoint(text, bigint, text, jsonb) IS
+    'record a recovery point of a claimed key, handed to the next holder if this lease lapses';
+
+CREATE FUNCTION idem.extend(key text, token bigint, lease interval)
+RETURNS timestamptz
+AS 'MODULE_PATHNAME', 'idem_extend'
+LANGUAGE C CALLED ON NULL INPUT VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION idem.extend(text, bigint, interval) IS
+    'renew the lease of a claimed key to now + lease; returns when it now ends';
+
+CREATE FUNCTION idem.release(key text, token bigint)
+RETURNS void
+AS 'MODULE_PATHNAME', 'idem_release'
+LANGUAGE C CALLED ON NULL INPUT VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION idem.release(text, bigint) IS
+    'give a claimed key back without an outcome, so that the next claim runs at once';
 
 -- Deletes at most max_rows expired records and returns how many it deleted.
 -- Records of every role are purged, so PUBLIC may not call it: a DBA runs it,
@@ -115,22 +179,40 @@ COMMENT ON FUNCTION idem.purge(integer) IS
 -- Powertools idempotency items.  States: pending (waiting or on the wire),
 -- delivered, failed (permanent error; see idem.sync_retry_failed()),
 -- conflict (the item holds another outcome; remote_outcome shows it).
+--
+-- idem.claim, idem.extend, idem.release and idem.complete queue a row too,
+-- with the claim's fencing token: status INPROGRESS with the lease's end in
+-- in_progress_expiration (release: the moment of release) and no outcome,
+-- or COMPLETED with the outcome.  Rows of idempotent_call have no token and
+-- are always COMPLETED.  Lease rows of one key may land in any order: the
+-- item keeps the highest (token, id), so the newest state wins.
 CREATE TABLE idem.sync_outbox (
     id bigint GENERATED ALWAYS AS IDENTITY,
     created_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
     expires_at timestamptz NOT NULL,
     next_attempt_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
     delivered_at timestamptz,
+    token bigint,
+    in_progress_expiration timestamptz,
     attempts integer NOT NULL DEFAULT 0,
     owner regrole NOT NULL,
     state text NOT NULL DEFAULT 'pending'
         CHECK (state IN ('pending', 'delivered', 'failed', 'conflict')),
+    status text NOT NULL DEFAULT 'COMPLETED'
+        CHECK (status IN ('INPROGRESS', 'COMPLETED')),
     key_prefix text NOT NULL,
     key text COLLATE "C" NOT NULL,
-    outcome jsonb NOT NULL,
+    outcome jsonb,
     remote_outcome jsonb,
     last_error text,
-    CONSTRAINT sync_outbox_pkey PRIMARY KEY (id)
+    CONSTRAINT sync_outbox_pkey PRIMARY KEY (id),
+    -- a COMPLETED item carries an outcome, an INPROGRESS one a lease end;
+    -- only lease rows may be INPROGRESS
+    CONSTRAINT sync_outbox_status CHECK (
+        CASE status
+            WHEN 'COMPLETED' THEN outcome IS NOT NULL AND in_progress_expiration IS NULL
+            ELSE outcome IS NULL AND in_progress_expiration IS NOT NULL AND token IS NOT NULL
+        END)
 ) USING heap;
 
 CREATE INDEX sync_outbox_due ON idem.sync_outbox (next_attempt_at, id)
@@ -139,7 +221,7 @@ CREATE INDEX sync_outbox_due ON idem.sync_outbox (next_attempt_at, id)
 REVOKE ALL ON TABLE idem.sync_outbox FROM PUBLIC;
 
 COMMENT ON TABLE idem.sync_outbox IS
-    'outcomes queued for DynamoDB, written in the transaction that recorded them';
+    'outcomes and claim states queued for DynamoDB, written in the transaction that recorded them';
 
 CREATE FUNCTION idem.sync_worker_state(OUT worker_pid integer, OUT in_flight integer,
                                        OUT requests_sent bigint, OUT last_error text,

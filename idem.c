@@ -16,6 +16,10 @@
  *	   uncommitted row now makes later callers wait for this transaction;
  *	   they replay if it commits and run fn themselves if it rolls back.
  *
+ * The lease API (claim, complete, checkpoint, extend, release) serves work
+ * done outside the database on the same key table; its entry points here
+ * only read their arguments, and src/lease.c does the work.
+ *
  * This file also defines the core settings.  Everything it calls lives in
  * src/, one concept per file; nothing there calls back into this file.
  *
@@ -25,10 +29,13 @@
 
 #include <limits.h>
 
+#include "access/htup_details.h"
 #include "access/xact.h"
 #include "access/xlog.h"
 #include "catalog/pg_collation.h"
+#include "funcapi.h"
 #include "miscadmin.h"
+#include "utils/builtins.h"
 #include "utils/guc.h"
 
 #include "callsite.h"
@@ -36,6 +43,7 @@
 #include "key.h"
 #include "keylock.h"
 #include "keytable.h"
+#include "lease.h"
 #include "sync.h"
 #include "sync_outbox.h"
 
@@ -45,12 +53,21 @@ PG_MODULE_MAGIC;
 static int	idem_ttl = 86400;	/* seconds */
 static int	idem_wait_timeout = 10000;	/* milliseconds; 0 = do not wait */
 static int	idem_max_key_length = 255;	/* characters */
+static int	idem_lease = 30000;	/* milliseconds */
 
-/* What the session's last idempotent_call did: -1 none or failed, 0 ran fn, 1 replayed. */
+/*
+ * What the session's last idempotent_call or claim did: -1 none or failed,
+ * 0 ran fn (or returned 'run'), 1 replayed.
+ */
 static int	last_call_state = -1;
 
 PG_FUNCTION_INFO_V1(idem_idempotent_call);
 PG_FUNCTION_INFO_V1(idem_last_call_replayed);
+PG_FUNCTION_INFO_V1(idem_claim);
+PG_FUNCTION_INFO_V1(idem_complete);
+PG_FUNCTION_INFO_V1(idem_checkpoint);
+PG_FUNCTION_INFO_V1(idem_extend);
+PG_FUNCTION_INFO_V1(idem_release);
 
 void		_PG_init(void);
 
@@ -79,6 +96,13 @@ _PG_init(void)
 							255, 1, 512,
 							PGC_USERSET, 0,
 							NULL, NULL, NULL);
+	DefineCustomIntVariable("idem.lease",
+							"Lease of idem.claim when the call gives none.",
+							"Once a holder's lease ends without idem.complete or idem.release, the next claim takes the key over.",
+							&idem_lease,
+							30000, 1, (int) (IDEM_MAX_LEASE_USECS / 1000),
+							PGC_USERSET, GUC_UNIT_MS,
+							NULL, NULL, NULL);
 	IdemSyncInit();
 #if PG_VERSION_NUM >= 150000
 	MarkGUCPrefixReserved("idem");
@@ -105,7 +129,8 @@ CheckWritable(text *key)
 /*
  * Find the live record of (owner, key), or claim the key for a first call.
  *
- * Returns false with probe->state LIVE when there is a record to replay.
+ * Returns false with probe->state LIVE when there is a record to replay, or
+ * CLAIMED when idem.claim holds the key (an error for the caller).
  * Returns true when the caller holds the key lock (keylock) and no live
  * record exists, not even one being written: the caller must run fn, write
  * the record and release the lock; probe->state is then ABSENT or EXPIRED
@@ -124,7 +149,7 @@ ClaimOrReplay(IdemKeyTable *table, Oid owner, text *key,
 		TimestampTz now = GetCurrentTimestamp();
 
 		IdemKeyTableProbe(table, key, now, probe);
-		if (probe->state == IDEM_RECORD_LIVE)
+		if (probe->state == IDEM_RECORD_LIVE || probe->state == IDEM_RECORD_CLAIMED)
 			break;
 		if (wait.deadline == 0)
 			wait.deadline = TimestampTzPlusMilliseconds(now, idem_wait_timeout);
@@ -147,14 +172,14 @@ ClaimOrReplay(IdemKeyTable *table, Oid owner, text *key,
 		}
 	}
 
-	if (probe->state == IDEM_RECORD_LIVE && locked)
+	if ((probe->state == IDEM_RECORD_LIVE || probe->state == IDEM_RECORD_CLAIMED) && locked)
 	{
 		IdemKeyLockRelease(keylock);
 		locked = false;
 	}
 	Assert(locked ? (probe->state == IDEM_RECORD_ABSENT ||
 					 probe->state == IDEM_RECORD_EXPIRED) :
-		   probe->state == IDEM_RECORD_LIVE);
+		   (probe->state == IDEM_RECORD_LIVE || probe->state == IDEM_RECORD_CLAIMED));
 	return locked;
 }
 
@@ -176,9 +201,7 @@ idem_idempotent_call(PG_FUNCTION_ARGS)
 	IdemKeyTable table;
 	IdemRecordProbe probe;
 	LOCKTAG		keylock;
-	Jsonb	   *outcome;
-	TimestampTz now;
-	TimestampTz expires_at;
+	IdemRecord	record;
 
 	last_call_state = -1;
 	key = IdemKeyArgument(fcinfo, 0, idem_max_key_length);
@@ -197,31 +220,38 @@ idem_idempotent_call(PG_FUNCTION_ARGS)
 	if (!ClaimOrReplay(&table, owner, key, &probe, &keylock))
 	{
 		IdemKeyTableClose(&table);
-		if (probe.request_hash != request_hash)
+		if (probe.record.token != 0 || probe.record.request_hash != request_hash)
 			ereport(ERROR,
 					(errcode(ERRCODE_IDEM_KEY_MISMATCH),
 					 errmsg("idempotency key \"%s\" was already used for a different request",
 							IdemKeyForMessage(key)),
+					 probe.record.token != 0 ?
+					 errdetail("The key is claimed or recorded through idem.claim, whose outcomes idem.idempotent_call does not replay.") :
 					 errdetail("The outcome recorded for this key came from a call with another function or other arguments."),
 					 errhint("Use a new key for a new request; repeat the original request to get its outcome.")));
 		last_call_state = 1;
-		PG_RETURN_JSONB_P(probe.outcome);
+		PG_RETURN_JSONB_P(probe.record.outcome);
 	}
 
 	IdemKeyTableEndProbes(&table);
-	outcome = IdemInvokeFunction(site, values, nulls,
-								 OidIsValid(PG_GET_COLLATION()) ? PG_GET_COLLATION() : DEFAULT_COLLATION_OID,
-								 owner, key);
+	record.outcome = IdemInvokeFunction(site, values, nulls,
+										OidIsValid(PG_GET_COLLATION()) ? PG_GET_COLLATION() : DEFAULT_COLLATION_OID,
+										owner, key);
 	/* read idem.ttl after fn, so that a SET LOCAL in fn applies as well */
-	now = GetCurrentTimestamp();
-	expires_at = now + (TimestampTz) idem_ttl * USECS_PER_SEC;
-	IdemKeyTableWrite(&table, owner, key, request_hash, outcome, now, expires_at,
+	record.request_hash = request_hash;
+	record.created_at = GetCurrentTimestamp();
+	record.expires_at = record.created_at + (TimestampTz) idem_ttl * USECS_PER_SEC;
+	record.token = 0;
+	record.lease_expires_at = 0;
+	record.recovery_point = NULL;
+	record.recovery_data = NULL;
+	IdemKeyTableWrite(&table, owner, key, &record,
 					  probe.state == IDEM_RECORD_EXPIRED ? &probe.tid : NULL);
 	IdemKeyTableClose(&table);
-	IdemOutboxRecord(owner, key, outcome, expires_at);
+	IdemOutboxRecord(owner, key, record.outcome, record.expires_at);
 	IdemKeyLockRelease(&keylock);
 	last_call_state = 0;
-	PG_RETURN_JSONB_P(outcome);
+	PG_RETURN_JSONB_P(record.outcome);
 }
 
 /*
@@ -237,4 +267,141 @@ idem_last_call_replayed(PG_FUNCTION_ARGS)
 	if (last_call_state < 0)
 		PG_RETURN_NULL();
 	PG_RETURN_BOOL(last_call_state == 1);
+}
+
+/* The core settings the lease functions follow, as they are now. */
+static IdemLeaseSettings
+LeaseSettings(void)
+{
+	IdemLeaseSettings settings = {idem_ttl, idem_wait_timeout};
+
+	return settings;
+}
+
+/* The lease argument argno in microseconds; idem.lease when it is NULL. */
+static int64
+LeaseArgument(FunctionCallInfo fcinfo, int argno, text *key, bool null_means_default)
+{
+	if (PG_ARGISNULL(argno))
+	{
+		if (null_means_default)
+			return (int64) idem_lease * 1000;
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("lease for idempotency key \"%s\" must not be null",
+						IdemKeyForMessage(key)),
+				 errdetail("idem.extend renews the lease to now plus the lease given."),
+				 errhint("Pass an interval such as '30 seconds'.")));
+	}
+	return IdemLeaseUsecs(PG_GETARG_INTERVAL_P(argno), key);
+}
+
+/*
+ * idem.claim(key text, request jsonb, lease interval)
+ *
+ * Returns ('run', token, NULL, recovery_point, recovery_data) when the
+ * caller now holds the key, or ('replay', token, outcome, NULL, NULL) when
+ * an outcome is recorded.
+ */
+Datum
+idem_claim(PG_FUNCTION_ARGS)
+{
+	TupleDesc	tupdesc;
+	text	   *key;
+	Jsonb	   *request;
+	int64		lease_usecs;
+	IdemLeaseSettings settings = LeaseSettings();
+	IdemClaim	claim;
+	Datum		values[5];
+	bool		nulls[5] = {false};
+
+	last_call_state = -1;
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	key = IdemKeyArgument(fcinfo, 0, idem_max_key_length);
+	request = PG_ARGISNULL(1) ? NULL : PG_GETARG_JSONB_P(1);
+	lease_usecs = LeaseArgument(fcinfo, 2, key, true);
+
+	IdemLeaseClaim(GetUserId(), key, request, lease_usecs, &settings, &claim);
+
+	values[0] = CStringGetTextDatum(claim.replay ? "replay" : "run");
+	values[1] = Int64GetDatum(claim.token);
+	values[2] = PointerGetDatum(claim.outcome);
+	nulls[2] = claim.outcome == NULL;
+	values[3] = PointerGetDatum(claim.recovery_point);
+	nulls[3] = claim.recovery_point == NULL;
+	values[4] = PointerGetDatum(claim.recovery_data);
+	nulls[4] = claim.recovery_data == NULL;
+	last_call_state = claim.replay ? 1 : 0;
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), values, nulls)));
+}
+
+/*
+ * idem.complete(key text, token bigint, outcome jsonb)
+ *
+ * Records the outcome of the claim that token holds, in the caller's
+ * transaction.
+ */
+Datum
+idem_complete(PG_FUNCTION_ARGS)
+{
+	text	   *key = IdemKeyArgument(fcinfo, 0, idem_max_key_length);
+	IdemLeaseSettings settings = LeaseSettings();
+
+	IdemLeaseRequireToken(PG_ARGISNULL(1), key);
+	IdemLeaseComplete(GetUserId(), key, PG_GETARG_INT64(1),
+					  PG_ARGISNULL(2) ? NULL : PG_GETARG_JSONB_P(2), &settings);
+	PG_RETURN_VOID();
+}
+
+/*
+ * idem.checkpoint(key text, token bigint, point text, data jsonb)
+ *
+ * Records a recovery point of the claim that token holds.
+ */
+Datum
+idem_checkpoint(PG_FUNCTION_ARGS)
+{
+	text	   *key = IdemKeyArgument(fcinfo, 0, idem_max_key_length);
+	IdemLeaseSettings settings = LeaseSettings();
+
+	IdemLeaseRequireToken(PG_ARGISNULL(1), key);
+	IdemLeaseCheckpoint(GetUserId(), key, PG_GETARG_INT64(1),
+						PG_ARGISNULL(2) ? NULL : PG_GETARG_TEXT_PP(2),
+						PG_ARGISNULL(3) ? NULL : PG_GETARG_JSONB_P(3), &settings);
+	PG_RETURN_VOID();
+}
+
+/*
+ * idem.extend(key text, token bigint, lease interval) returns timestamptz
+ *
+ * Renews the lease of the claim that token holds; returns its new end.
+ */
+Datum
+idem_extend(PG_FUNCTION_ARGS)
+{
+	text	   *key = IdemKeyArgument(fcinfo, 0, idem_max_key_length);
+	IdemLeaseSettings settings = LeaseSettings();
+	int64		lease_usecs;
+
+	IdemLeaseRequireToken(PG_ARGISNULL(1), key);
+	lease_usecs = LeaseArgument(fcinfo, 2, key, false);
+	PG_RETURN_TIMESTAMPTZ(IdemLeaseExtend(GetUserId(), key, PG_GETARG_INT64(1),
+										  lease_usecs, &settings));
+}
+
+/*
+ * idem.release(key text, token bigint)
+ *
+ * Gives the key back without an outcome.
+ */
+Datum
+idem_release(PG_FUNCTION_ARGS)
+{
+	text	   *key = IdemKeyArgument(fcinfo, 0, idem_max_key_length);
+	IdemLeaseSettings settings = LeaseSettings();
+
+	IdemLeaseRequireToken(PG_ARGISNULL(1), key);
+	IdemLeaseRelease(GetUserId(), key, PG_GETARG_INT64(1), &settings);
+	PG_RETURN_VOID();
 }

@@ -60,3 +60,16 @@ BEGIN
     RETURN result;
 END
 $$;
+
+-- Variant "handwritten" of the lease workloads: the key table application
+-- code keeps for work done outside the database.  A request claims its key
+-- by inserting a 'processing' row (INSERT .. ON CONFLICT DO NOTHING
+-- RETURNING), does the work, then UPDATEs the row to 'succeeded' with the
+-- response; a request whose insert finds the row SELECTs the stored
+-- response.  The statements are in bench/run.
+CREATE TABLE bench.idempotency_keys (
+    key text PRIMARY KEY,
+    status text NOT NULL,
+    response jsonb,
+    created_at timestamptz NOT NULL DEFAULT now()
+);

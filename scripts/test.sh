@@ -17,6 +17,8 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 bash "$root/scripts/setup.sh"
 # node, dynalite and the SigV4-checking proxy of the DynamoDB sync tests
 sh "$root/test/dynamo/install.sh"
+# node and the pg driver of the HTTP example (t/030_http_example.pl)
+sh "$root/examples/http/install.sh"
 # shellcheck source=cluster.sh
 source "$root/scripts/cluster.sh"
 

@@ -30,7 +30,7 @@ SELECT owner::text, key, outcome FROM idem.records WHERE key IN ('shared-key', '
 SET ROLE regress_idem_alice;
 SELECT key, status, outcome FROM idem.my_records ORDER BY key;
 SELECT t.try($$SELECT count(*) FROM idem.records$$);
-SELECT t.try($$INSERT INTO idem.records VALUES (1, now(), now(), 'regress_idem_alice', 'forged', '{}')$$);
+SELECT t.try($$INSERT INTO idem.records (request_hash, created_at, expires_at, owner, key, outcome) VALUES (1, now(), now(), 'regress_idem_alice', 'forged', '{}')$$);
 SELECT t.try($$DELETE FROM idem.records$$);
 SELECT t.try($$SELECT idem.purge()$$);
 -- A leaky function in a WHERE clause sees no other role's rows.

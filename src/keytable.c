@@ -15,7 +15,8 @@
  * the same relations; locks are kept to the end of the transaction, as the
  * executor keeps them.  Rows are written with simple_heap_insert plus an
  * entry in every index of the table; the unique index enforces one record
- * per (role, key).
+ * per (role, key).  A row of idem.claim changes in place as its holders
+ * come and go (IdemKeyTableUpdate), so it keeps one index entry per key.
  *
  *-------------------------------------------------------------------------
  */
@@ -52,9 +53,13 @@ enum
 	COL_REQUEST_HASH,
 	COL_CREATED_AT,
 	COL_EXPIRES_AT,
+	COL_TOKEN,
+	COL_LEASE_EXPIRES_AT,
 	COL_OWNER,
 	COL_KEY,
 	COL_OUTCOME,
+	COL_RECOVERY_POINT,
+	COL_RECOVERY_DATA,
 	RECORD_COLUMNS
 };
 
@@ -177,8 +182,43 @@ IdemKeyTableClose(IdemKeyTable *table)
 }
 
 /*
+ * Fill in a probe from an unexpired row: a recorded outcome is LIVE, a row
+ * without one is a claim of idem.claim, whose lease and recovery point the
+ * lease functions need as well.
+ */
+static void
+ReadRecord(TupleTableSlot *slot, IdemRecordProbe *probe)
+{
+	IdemRecord *record = &probe->record;
+	Datum		value;
+	bool		isnull;
+
+	record->request_hash = (uint64) DatumGetInt64(slot_getattr(slot, COL_REQUEST_HASH + 1, &isnull));
+	value = slot_getattr(slot, COL_TOKEN + 1, &isnull);
+	record->token = isnull ? 0 : DatumGetInt64(value);
+	value = slot_getattr(slot, COL_OUTCOME + 1, &isnull);
+	if (!isnull)
+	{
+		probe->state = IDEM_RECORD_LIVE;
+		record->outcome = DatumGetJsonbPCopy(value);
+		return;
+	}
+
+	probe->state = IDEM_RECORD_CLAIMED;
+	record->outcome = NULL;
+	record->created_at = DatumGetTimestampTz(slot_getattr(slot, COL_CREATED_AT + 1, &isnull));
+	record->expires_at = DatumGetTimestampTz(slot_getattr(slot, COL_EXPIRES_AT + 1, &isnull));
+	value = slot_getattr(slot, COL_LEASE_EXPIRES_AT + 1, &isnull);
+	record->lease_expires_at = isnull ? DT_NOBEGIN : DatumGetTimestampTz(value);
+	value = slot_getattr(slot, COL_RECOVERY_POINT + 1, &isnull);
+	record->recovery_point = isnull ? NULL : DatumGetTextPCopy(value);
+	value = slot_getattr(slot, COL_RECOVERY_DATA + 1, &isnull);
+	record->recovery_data = isnull ? NULL : DatumGetJsonbPCopy(value);
+}
+
+/*
  * Probe the key table for the call's (owner, key): report a live record
- * with its fingerprint and outcome, an expired one, none, or the transaction
+ * with its fingerprint and outcome, a claim, an expired record, none, or the transaction
  * that is writing one right now.  A second probe of the same call reuses the
  * scan of the first.
  *
@@ -233,11 +273,7 @@ IdemKeyTableProbe(IdemKeyTable *table, text *key, TimestampTz now, IdemRecordPro
 			if (DatumGetTimestampTz(slot_getattr(slot, COL_EXPIRES_AT + 1, &isnull)) <= now)
 				probe->state = IDEM_RECORD_EXPIRED;
 			else
-			{
-				probe->state = IDEM_RECORD_LIVE;
-				probe->request_hash = (uint64) DatumGetInt64(slot_getattr(slot, COL_REQUEST_HASH + 1, &isnull));
-				probe->outcome = DatumGetJsonbPCopy(slot_getattr(slot, COL_OUTCOME + 1, &isnull));
-			}
+				ReadRecord(slot, probe);
 		}
 		ExecClearTuple(slot);
 	}
@@ -253,15 +289,10 @@ DeleteExpiredRecord(Relation heap, ItemPointer tid)
 	TM_FailureData tmfd;
 	TM_Result	result;
 
+	/* the row may be this very command's: heap_delete refuses those */
+	CommandCounterIncrement();
 	result = heap_delete(heap, tid, GetCurrentCommandId(true), InvalidSnapshot,
 						 true, &tmfd, false);
-	if (result == TM_Invisible)
-	{
-		/* written earlier in this very command: make it deletable */
-		CommandCounterIncrement();
-		result = heap_delete(heap, tid, GetCurrentCommandId(true), InvalidSnapshot,
-							 true, &tmfd, false);
-	}
 	if (result != TM_Ok && result != TM_Deleted && result != TM_Updated)
 		elog(ERROR, "could not delete expired idempotency record: result %d",
 			 (int) result);
@@ -310,19 +341,41 @@ InsertIndexEntries(Relation heap, HeapTuple tuple)
 	list_free(indexes);
 }
 
+/* Form the heap tuple of a record row. */
+static HeapTuple
+FormRecordTuple(Relation heap, Oid owner, text *key, const IdemRecord *record)
+{
+	Datum		values[RECORD_COLUMNS];
+	bool		nulls[RECORD_COLUMNS] = {false};
+
+	values[COL_REQUEST_HASH] = Int64GetDatum((int64) record->request_hash);
+	values[COL_CREATED_AT] = TimestampTzGetDatum(record->created_at);
+	values[COL_EXPIRES_AT] = TimestampTzGetDatum(record->expires_at);
+	values[COL_TOKEN] = Int64GetDatum(record->token);
+	nulls[COL_TOKEN] = record->token == 0;
+	values[COL_LEASE_EXPIRES_AT] = TimestampTzGetDatum(record->lease_expires_at);
+	nulls[COL_LEASE_EXPIRES_AT] = record->token == 0;
+	values[COL_OWNER] = ObjectIdGetDatum(owner);
+	values[COL_KEY] = PointerGetDatum(key);
+	values[COL_OUTCOME] = PointerGetDatum(record->outcome);
+	nulls[COL_OUTCOME] = record->outcome == NULL;
+	values[COL_RECOVERY_POINT] = PointerGetDatum(record->recovery_point);
+	nulls[COL_RECOVERY_POINT] = record->recovery_point == NULL;
+	values[COL_RECOVERY_DATA] = PointerGetDatum(record->recovery_data);
+	nulls[COL_RECOVERY_DATA] = record->recovery_data == NULL;
+	return heap_form_tuple(RelationGetDescr(heap), values, nulls);
+}
+
 /*
- * Write the record of a first call, replacing the expired record at
- * expired_tid if there is one.  The row is part of the caller's
+ * Write the record of a first call or a first claim, replacing the expired
+ * record at expired_tid if there is one.  The row is part of the caller's
  * transaction: it commits or vanishes with fn's effects.
  */
 void
-IdemKeyTableWrite(IdemKeyTable *table, Oid owner, text *key, uint64 request_hash,
-			Jsonb *outcome, TimestampTz created_at, TimestampTz expires_at,
-			ItemPointer expired_tid)
+IdemKeyTableWrite(IdemKeyTable *table, Oid owner, text *key,
+				  const IdemRecord *record, ItemPointer expired_tid)
 {
 	Relation	heap = table->heap;
-	Datum		values[RECORD_COLUMNS];
-	bool		nulls[RECORD_COLUMNS] = {false};
 	HeapTuple	tuple;
 
 	LockRelationOid(RelationGetRelid(heap), RowExclusiveLock);
@@ -330,16 +383,57 @@ IdemKeyTableWrite(IdemKeyTable *table, Oid owner, text *key, uint64 request_hash
 	if (expired_tid != NULL)
 		DeleteExpiredRecord(heap, expired_tid);
 
-	values[COL_REQUEST_HASH] = Int64GetDatum((int64) request_hash);
-	values[COL_CREATED_AT] = TimestampTzGetDatum(created_at);
-	values[COL_EXPIRES_AT] = TimestampTzGetDatum(expires_at);
-	values[COL_OWNER] = ObjectIdGetDatum(owner);
-	values[COL_KEY] = PointerGetDatum(key);
-	values[COL_OUTCOME] = JsonbPGetDatum(outcome);
-	tuple = heap_form_tuple(RelationGetDescr(heap), values, nulls);
-
+	tuple = FormRecordTuple(heap, owner, key, record);
 	simple_heap_insert(heap, tuple);
 	InsertIndexEntries(heap, tuple);
 
+	heap_freetuple(tuple);
+}
+
+/*
+ * Replace the claim row at tid with a new version: a new holder, a
+ * checkpoint, a longer lease, a release or the outcome.  The caller holds
+ * the key lock and has probed the row after taking it, so no one else
+ * writes it; a purge can only have deleted it if it expired meanwhile.
+ */
+void
+IdemKeyTableUpdate(IdemKeyTable *table, Oid owner, text *key,
+				   ItemPointer tid, const IdemRecord *record)
+{
+	Relation	heap = table->heap;
+	HeapTuple	tuple;
+	TM_FailureData tmfd;
+	TM_Result	result;
+	LockTupleMode lockmode;
+#if PG_VERSION_NUM >= 160000
+	TU_UpdateIndexes update_indexes;
+#define IDEM_HEAP_UPDATE(tup) \
+	heap_update(heap, tid, (tup), GetCurrentCommandId(true), InvalidSnapshot, \
+				true, &tmfd, &lockmode, &update_indexes)
+#else
+#define IDEM_HEAP_UPDATE(tup) \
+	heap_update(heap, tid, (tup), GetCurrentCommandId(true), InvalidSnapshot, \
+				true, &tmfd, &lockmode)
+#endif
+
+	LockRelationOid(RelationGetRelid(heap), RowExclusiveLock);
+	tuple = FormRecordTuple(heap, owner, key, record);
+	/* the row may be this very command's (two lease calls in one query) */
+	CommandCounterIncrement();
+	result = IDEM_HEAP_UPDATE(tuple);
+#undef IDEM_HEAP_UPDATE
+	if (result == TM_Deleted || result == TM_Updated)
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+				 errmsg("could not update the claim of idempotency key \"%s\"",
+						IdemKeyForMessage(key)),
+				 errdetail("The record was purged or changed while this transaction wrote it."),
+				 errhint("Retry: the retry finds the record as it is now.")));
+	if (result != TM_Ok)
+		elog(ERROR, "could not update idempotency record: result %d", (int) result);
+
+	/* a HOT update shares the old version's index entries */
+	if (!HeapTupleIsHeapOnly(tuple))
+		InsertIndexEntries(heap, tuple);
 	heap_freetuple(tuple);
 }

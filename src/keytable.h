@@ -23,18 +23,35 @@
 typedef enum IdemRecordState
 {
 	IDEM_RECORD_ABSENT,			/* no record */
-	IDEM_RECORD_LIVE,			/* a committed (or our own) unexpired record */
+	IDEM_RECORD_LIVE,			/* a committed (or our own) unexpired outcome */
+	IDEM_RECORD_CLAIMED,		/* an unexpired claim of idem.claim, no outcome */
 	IDEM_RECORD_EXPIRED,		/* a record past its expiry: counts as absent */
 	IDEM_RECORD_BUSY			/* another transaction is writing this key */
 } IdemRecordState;
 
+/* The columns of one row of idem.records but its (owner, key). */
+typedef struct IdemRecord
+{
+	uint64		request_hash;
+	TimestampTz created_at;
+	TimestampTz expires_at;
+	int64		token;			/* 0: written by idempotent_call, no lease */
+	TimestampTz lease_expires_at;	/* token != 0; DT_NOBEGIN once released */
+	Jsonb	   *outcome;		/* NULL while claimed */
+	text	   *recovery_point; /* NULL: no checkpoint */
+	Jsonb	   *recovery_data;	/* NULL: none given */
+} IdemRecord;
+
+/*
+ * What a probe found.  LIVE fills request_hash, token and outcome of record;
+ * CLAIMED fills every field of record.
+ */
 typedef struct IdemRecordProbe
 {
 	IdemRecordState state;
 	TransactionId busy_xid;		/* BUSY: the transaction to wait for */
-	ItemPointerData tid;		/* LIVE, EXPIRED: the row */
-	uint64		request_hash;	/* LIVE: the recorded fingerprint */
-	Jsonb	   *outcome;		/* LIVE: the recorded outcome */
+	ItemPointerData tid;		/* LIVE, CLAIMED, EXPIRED: the row */
+	IdemRecord	record;			/* LIVE, CLAIMED */
 } IdemRecordProbe;
 
 /*
@@ -56,9 +73,9 @@ extern void IdemKeyTableProbe(IdemKeyTable *table, text *key, TimestampTz now,
 							  IdemRecordProbe *probe);
 extern void IdemKeyTableEndProbes(IdemKeyTable *table);
 extern void IdemKeyTableWrite(IdemKeyTable *table, Oid owner, text *key,
-							  uint64 request_hash, Jsonb *outcome,
-							  TimestampTz created_at, TimestampTz expires_at,
-							  ItemPointer expired_tid);
+							  const IdemRecord *record, ItemPointer expired_tid);
+extern void IdemKeyTableUpdate(IdemKeyTable *table, Oid owner, text *key,
+							   ItemPointer tid, const IdemRecord *record);
 extern void IdemKeyTableClose(IdemKeyTable *table);
 
 #endif							/* IDEM_KEYTABLE_H */

@@ -16,6 +16,15 @@
  *
  * plus pg_role and pg_database, which say where the item came from.
  *
+ * The keys of idem.claim are written in the same format, with two more
+ * attributes: pg_token, the claim's fencing token, and pg_version, the id
+ * of the outbox row, which orders the states of one claim.  While the key
+ * is held the item is INPROGRESS, without data, and in_progress_expiration
+ * (epoch milliseconds) is the end of the lease, so that Powertools refuses
+ * to run while the lease is live and takes the key over once it lapses; a
+ * release writes a lease that ended at the release.  Once completed, the
+ * item is COMPLETED with data, exactly like an item of idempotent_call.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -42,6 +51,23 @@
 	"attribute_not_exists(#id) OR #expiration < :now OR " \
 	"(#status = :inprogress AND attribute_exists(#in_progress_expiration) " \
 	"AND #in_progress_expiration < :now_ms)"
+
+/*
+ * The condition of a leased key's state.  Anyone may write where Powertools
+ * could claim, except over a lapsed lock of this same PostgreSQL record:
+ * that lock is PostgreSQL's, and only a newer state of it (a higher token,
+ * or the same token and a higher outbox id) may replace it.  Without the
+ * exception, a claim or extend delivered after its own release would take
+ * the key back until its old lease ran out.
+ */
+#define OURS \
+	"attribute_exists(#pg_token) AND #pg_database = :pg_database AND #pg_role = :pg_role"
+#define LEASE_CONDITION \
+	"attribute_not_exists(#id) OR #expiration < :now OR " \
+	"(#status = :inprogress AND attribute_exists(#in_progress_expiration) " \
+	"AND #in_progress_expiration < :now_ms AND NOT (" OURS ")) OR " \
+	"(" OURS " AND (#pg_token < :pg_token OR " \
+	"(#pg_token = :pg_token AND #pg_version < :pg_version)))"
 
 static bool AppendPlainJson(StringInfo buf, JsonbContainer *av);
 
@@ -206,6 +232,35 @@ UnixEpoch(TimestampTz ts, int64 per_second)
 }
 
 /*
+ * Open a PutItem body and its Item with the attributes every item has: id,
+ * expiration, status, data (when there is an outcome), pg_role and
+ * pg_database.  The caller adds more attributes and closes the Item.
+ */
+static void
+AppendItemStart(StringInfo buf, const char *table, const char *id,
+				const char *status, Jsonb *outcome, TimestampTz expires_at,
+				const char *role, const char *database)
+{
+	appendStringInfoString(buf, "{\"TableName\":");
+	escape_json(buf, table);
+	appendStringInfoString(buf, ",\"Item\":{\"id\":{\"S\":");
+	escape_json(buf, id);
+	appendStringInfo(buf, "},\"expiration\":{\"N\":\"" INT64_FORMAT "\"}",
+					 UnixEpoch(expires_at, 1));
+	appendStringInfo(buf, ",\"status\":{\"S\":\"%s\"}", status);
+	if (outcome != NULL)
+	{
+		appendStringInfoString(buf, ",\"data\":");
+		AppendAttributeValue(buf, &outcome->root);
+	}
+	appendStringInfoString(buf, ",\"pg_role\":{\"S\":");
+	escape_json(buf, role);
+	appendStringInfoString(buf, "},\"pg_database\":{\"S\":");
+	escape_json(buf, database);
+	appendStringInfoChar(buf, '}');
+}
+
+/*
  * Build the body of the conditional PutItem that writes an outcome: the
  * item may only be written where Powertools could claim the id itself.
  */
@@ -217,19 +272,9 @@ IdemSyncPutItemBody(const char *table, const char *id, Jsonb *outcome,
 	StringInfoData buf;
 
 	initStringInfo(&buf);
-	appendStringInfoString(&buf, "{\"TableName\":");
-	escape_json(&buf, table);
-	appendStringInfoString(&buf, ",\"Item\":{\"id\":{\"S\":");
-	escape_json(&buf, id);
-	appendStringInfo(&buf, "},\"expiration\":{\"N\":\"" INT64_FORMAT "\"}",
-					 UnixEpoch(expires_at, 1));
-	appendStringInfoString(&buf, ",\"status\":{\"S\":\"COMPLETED\"},\"data\":");
-	AppendAttributeValue(&buf, &outcome->root);
-	appendStringInfoString(&buf, ",\"pg_role\":{\"S\":");
-	escape_json(&buf, role);
-	appendStringInfoString(&buf, "},\"pg_database\":{\"S\":");
-	escape_json(&buf, database);
-	appendStringInfoString(&buf, "}},\"ConditionExpression\":\"" CLAIM_CONDITION "\"");
+	AppendItemStart(&buf, table, id, "COMPLETED", outcome, expires_at, role,
+					database);
+	appendStringInfoString(&buf, "},\"ConditionExpression\":\"" CLAIM_CONDITION "\"");
 	appendStringInfoString(&buf, ",\"ExpressionAttributeNames\":{\"#id\":\"id\","
 						   "\"#expiration\":\"expiration\",\"#status\":\"status\","
 						   "\"#in_progress_expiration\":\"in_progress_expiration\"}");
@@ -237,6 +282,53 @@ IdemSyncPutItemBody(const char *table, const char *id, Jsonb *outcome,
 					 "\":now_ms\":{\"N\":\"" INT64_FORMAT "\"},"
 					 "\":inprogress\":{\"S\":\"INPROGRESS\"}}}",
 					 UnixEpoch(now, 1), UnixEpoch(now, 1000));
+	return buf.data;
+}
+
+/*
+ * Build the body of the conditional PutItem that writes one state of a
+ * leased key: INPROGRESS until lease->in_progress_expiration, or COMPLETED
+ * with outcome.  The item carries the token and version of the state, and
+ * replaces only an item Powertools could claim or an older state of the
+ * same record (LEASE_CONDITION).
+ */
+char *
+IdemSyncPutLeaseItemBody(const char *table, const char *id,
+						 const IdemSyncLease *lease, Jsonb *outcome,
+						 TimestampTz expires_at, const char *role,
+						 const char *database, TimestampTz now)
+{
+	StringInfoData buf;
+
+	Assert(lease->in_progress == (outcome == NULL));
+	initStringInfo(&buf);
+	AppendItemStart(&buf, table, id,
+					lease->in_progress ? "INPROGRESS" : "COMPLETED",
+					outcome, expires_at, role, database);
+	if (lease->in_progress)
+		appendStringInfo(&buf, ",\"in_progress_expiration\":{\"N\":\"" INT64_FORMAT "\"}",
+						 UnixEpoch(lease->in_progress_expiration, 1000));
+	appendStringInfo(&buf, ",\"pg_token\":{\"N\":\"" INT64_FORMAT "\"}"
+					 ",\"pg_version\":{\"N\":\"" INT64_FORMAT "\"}",
+					 lease->token, lease->version);
+	appendStringInfoString(&buf, "},\"ConditionExpression\":\"" LEASE_CONDITION "\"");
+	appendStringInfoString(&buf, ",\"ExpressionAttributeNames\":{\"#id\":\"id\","
+						   "\"#expiration\":\"expiration\",\"#status\":\"status\","
+						   "\"#in_progress_expiration\":\"in_progress_expiration\","
+						   "\"#pg_token\":\"pg_token\",\"#pg_version\":\"pg_version\","
+						   "\"#pg_role\":\"pg_role\",\"#pg_database\":\"pg_database\"}");
+	appendStringInfo(&buf, ",\"ExpressionAttributeValues\":{\":now\":{\"N\":\"" INT64_FORMAT "\"},"
+					 "\":now_ms\":{\"N\":\"" INT64_FORMAT "\"},"
+					 "\":inprogress\":{\"S\":\"INPROGRESS\"},"
+					 "\":pg_token\":{\"N\":\"" INT64_FORMAT "\"},"
+					 "\":pg_version\":{\"N\":\"" INT64_FORMAT "\"},"
+					 "\":pg_role\":{\"S\":",
+					 UnixEpoch(now, 1), UnixEpoch(now, 1000),
+					 lease->token, lease->version);
+	escape_json(&buf, role);
+	appendStringInfoString(&buf, "},\":pg_database\":{\"S\":");
+	escape_json(&buf, database);
+	appendStringInfoString(&buf, "}}}");
 	return buf.data;
 }
 
@@ -374,14 +466,50 @@ AppendPlainJson(StringInfo buf, JsonbContainer *av)
 	return true;
 }
 
+/* The text of an S attribute of an item, or NULL. */
+static char *
+ItemString(JsonbContainer *item, const char *name)
+{
+	JsonbValue *av = getKeyJsonValueFromContainer(item, name, strlen(name), NULL);
+	char	   *type;
+	JsonbValue	v;
+
+	if (av != NULL && av->type == jbvBinary &&
+		AttributeValueParts(av->val.binary.data, &type, &v) &&
+		strcmp(type, "S") == 0 && v.type == jbvString)
+		return pnstrdup(v.val.string.val, v.val.string.len);
+	return NULL;
+}
+
+/* Read an N attribute of an item holding an int8 into *result. */
+static bool
+ItemInt64(JsonbContainer *item, const char *name, int64 *result)
+{
+	JsonbValue *av = getKeyJsonValueFromContainer(item, name, strlen(name), NULL);
+	char	   *type;
+	JsonbValue	v;
+	char	   *s;
+	char	   *end;
+
+	if (av == NULL || av->type != jbvBinary ||
+		!AttributeValueParts(av->val.binary.data, &type, &v) ||
+		strcmp(type, "N") != 0 || v.type != jbvString)
+		return false;
+	s = pnstrdup(v.val.string.val, v.val.string.len);
+	/* strtoll, not strtoi64: that one is new in PostgreSQL 15. */
+	errno = 0;
+	*result = (int64) strtoll(s, &end, 10);
+	return errno == 0 && end != s && *end == '\0';
+}
+
 /*
- * Read the data attribute of the item in a GetItem answer as jsonb.  *found
- * says whether the answer held an item at all, *status is its status
- * attribute (or NULL); NULL is returned when there is no item or its data is
- * missing or not representable as JSON.
+ * Read the item of a GetItem answer: whether there was one, its status,
+ * its data as jsonb (NULL when missing or not representable as JSON), and
+ * the marks of a leased key written by PostgreSQL.  A broken answer reads
+ * as no item rather than raising an error.
  */
-Jsonb *
-IdemSyncRemoteData(const char *response, bool *found, char **status)
+void
+IdemSyncReadItem(const char *response, IdemSyncRemote *remote)
 {
 	JsonLexContext *lex;
 	Jsonb	   *doc;
@@ -390,39 +518,34 @@ IdemSyncRemoteData(const char *response, bool *found, char **status)
 	StringInfoData buf;
 	char	   *copy = pstrdup(response);
 
-	*found = false;
-	*status = NULL;
+	memset(remote, 0, sizeof(IdemSyncRemote));
 
 	/* Check the syntax first: a broken answer must not raise an error. */
 	lex = makeJsonLexContextCstringLen(copy, strlen(copy), PG_UTF8, false);
 	if (pg_parse_json(lex, &nullSemAction) != JSON_SUCCESS)
-		return NULL;
+		return;
 
 	doc = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(copy)));
 	if (!JB_ROOT_IS_OBJECT(doc))
-		return NULL;
+		return;
 	item = getKeyJsonValueFromContainer(&doc->root, "Item", 4, NULL);
-	if (item == NULL || item->type != jbvBinary)
-		return NULL;
-	*found = true;
-	data = getKeyJsonValueFromContainer(item->val.binary.data, "status", 6, NULL);
-	if (data != NULL && data->type == jbvBinary)
-	{
-		char	   *type;
-		JsonbValue	v;
+	if (item == NULL || item->type != jbvBinary ||
+		!JsonContainerIsObject(item->val.binary.data))
+		return;
+	remote->found = true;
+	remote->status = ItemString(item->val.binary.data, "status");
+	remote->pg_role = ItemString(item->val.binary.data, "pg_role");
+	remote->pg_database = ItemString(item->val.binary.data, "pg_database");
+	remote->leased = ItemInt64(item->val.binary.data, "pg_token", &remote->pg_token) &&
+		ItemInt64(item->val.binary.data, "pg_version", &remote->pg_version);
 
-		if (AttributeValueParts(data->val.binary.data, &type, &v) &&
-			strcmp(type, "S") == 0 && v.type == jbvString)
-			*status = pnstrdup(v.val.string.val, v.val.string.len);
-	}
 	data = getKeyJsonValueFromContainer(item->val.binary.data, "data", 4, NULL);
 	if (data == NULL || data->type != jbvBinary)
-		return NULL;
-
+		return;
 	initStringInfo(&buf);
-	if (!AppendPlainJson(&buf, data->val.binary.data))
-		return NULL;
-	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
+	if (AppendPlainJson(&buf, data->val.binary.data))
+		remote->data = DatumGetJsonbP(DirectFunctionCall1(jsonb_in,
+														  CStringGetDatum(buf.data)));
 }
 
 /* SQL: the Powertools id of a key under a prefix. */

@@ -1,8 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * sync_format.h
- *		The DynamoDB form of idem's outcomes: Powertools item ids, request
- *		bodies, and reading an item back.
+ *		The DynamoDB form of idem's outcomes and leased keys: Powertools
+ *		item ids, request bodies, and reading an item back.
  *
  *-------------------------------------------------------------------------
  */
@@ -14,13 +14,39 @@
 #include "datatype/timestamp.h"
 #include "utils/jsonb.h"
 
+/* What tells one state of a leased key from another (sync_format.c). */
+typedef struct IdemSyncLease
+{
+	int64		token;			/* the claim's fencing token */
+	int64		version;		/* the outbox row's id */
+	bool		in_progress;	/* INPROGRESS; else COMPLETED */
+	TimestampTz in_progress_expiration; /* in_progress: the lease's end */
+} IdemSyncLease;
+
+/* An item read back after a failed write condition. */
+typedef struct IdemSyncRemote
+{
+	bool		found;			/* false: no item (or no readable answer) */
+	char	   *status;			/* NULL: none */
+	Jsonb	   *data;			/* NULL: none, or not representable as JSON */
+	bool		leased;			/* has pg_token and pg_version */
+	int64		pg_token;
+	int64		pg_version;
+	char	   *pg_role;		/* NULL: none */
+	char	   *pg_database;	/* NULL: none */
+} IdemSyncRemote;
+
 extern char *IdemSyncItemId(const char *prefix, const char *key);
 extern char *IdemSyncPutItemBody(const char *table, const char *id,
 								 Jsonb *outcome, TimestampTz expires_at,
 								 const char *role, const char *database,
 								 TimestampTz now);
+extern char *IdemSyncPutLeaseItemBody(const char *table, const char *id,
+									  const IdemSyncLease *lease,
+									  Jsonb *outcome, TimestampTz expires_at,
+									  const char *role, const char *database,
+									  TimestampTz now);
 extern char *IdemSyncGetItemBody(const char *table, const char *id);
-extern Jsonb *IdemSyncRemoteData(const char *response, bool *found,
-								 char **status);
+extern void IdemSyncReadItem(const char *response, IdemSyncRemote *remote);
 
 #endif							/* IDEM_SYNC_FORMAT_H */

@@ -6,7 +6,10 @@
  *
  * IdemOutboxRecord() inserts a row in the caller's transaction, so the
  * request to sync commits or vanishes with the outcome, and asks for the
- * worker to be woken at commit.  The sync worker takes due rows and
+ * worker to be woken at commit.  IdemOutboxRecordLease() does the same for
+ * each change of a leased key (claim, extend, release, complete): the row
+ * carries the holder's fencing token, so that the worker can let the newest
+ * state of a key win whatever order its rows reach DynamoDB in.  The sync worker takes due rows and
  * records each verdict with the other functions; they run in the worker's
  * transaction and SPI connection, so that it decides what one transaction
  * covers.
@@ -49,19 +52,20 @@ OutboxOwner(void)
 }
 
 /*
- * Queue an outcome for DynamoDB in the caller's transaction; nothing but a
- * check when the sync is off.
+ * Insert one outbox row as the outbox's owner and ask for the worker to be
+ * woken at commit.  outcome, token and in_progress_expiration may be NULL
+ * (the table's CHECK says which combinations make sense).
  */
-void
-IdemOutboxRecord(Oid owner, text *key, Jsonb *outcome, TimestampTz expires_at)
+static void
+OutboxInsert(Oid owner, text *key, Jsonb *outcome, TimestampTz expires_at,
+			 const int64 *token, const char *status,
+			 const TimestampTz *in_progress_expiration)
 {
 	Oid			save_userid;
 	int			save_sec_context;
-	Datum		values[5];
+	Datum		values[8];
+	char		nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 	int			ret;
-
-	if (!IdemSyncEnabled())
-		return;
 
 	/* The caller has no right on the outbox: write it as its owner. */
 	GetUserIdAndSecContext(&save_userid, &save_sec_context);
@@ -73,12 +77,15 @@ IdemOutboxRecord(Oid owner, text *key, Jsonb *outcome, TimestampTz expires_at)
 		elog(ERROR, "SPI_connect failed");
 	if (insert_plan == NULL)
 	{
-		Oid			argtypes[5] = {OIDOID, TEXTOID, TEXTOID, JSONBOID, TIMESTAMPTZOID};
+		Oid			argtypes[8] = {OIDOID, TEXTOID, TEXTOID, JSONBOID,
+		TIMESTAMPTZOID, INT8OID, TEXTOID, TIMESTAMPTZOID};
 		SPIPlanPtr	plan;
 
 		plan = SPI_prepare("INSERT INTO idem.sync_outbox "
-						   "(owner, key, key_prefix, outcome, expires_at) "
-						   "VALUES ($1, $2, $3, $4, $5)", 5, argtypes);
+						   "(owner, key, key_prefix, outcome, expires_at, "
+						   " token, status, in_progress_expiration) "
+						   "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+						   8, argtypes);
 		if (plan == NULL)
 			elog(ERROR, "could not prepare the outbox insert: %s",
 				 SPI_result_code_string(SPI_result));
@@ -88,9 +95,16 @@ IdemOutboxRecord(Oid owner, text *key, Jsonb *outcome, TimestampTz expires_at)
 	values[0] = ObjectIdGetDatum(owner);
 	values[1] = PointerGetDatum(key);
 	values[2] = CStringGetTextDatum(idem_dynamodb_key_prefix ? idem_dynamodb_key_prefix : "");
-	values[3] = JsonbPGetDatum(outcome);
+	values[3] = outcome ? JsonbPGetDatum(outcome) : (Datum) 0;
+	nulls[3] = outcome ? ' ' : 'n';
 	values[4] = TimestampTzGetDatum(expires_at);
-	ret = SPI_execute_plan(insert_plan, values, NULL, false, 0);
+	values[5] = token ? Int64GetDatum(*token) : (Datum) 0;
+	nulls[5] = token ? ' ' : 'n';
+	values[6] = CStringGetTextDatum(status);
+	values[7] = in_progress_expiration ?
+		TimestampTzGetDatum(*in_progress_expiration) : (Datum) 0;
+	nulls[7] = in_progress_expiration ? ' ' : 'n';
+	ret = SPI_execute_plan(insert_plan, values, nulls, false, 0);
 	if (ret != SPI_OK_INSERT)
 		elog(ERROR, "could not queue an outcome for DynamoDB: %s",
 			 SPI_result_code_string(ret));
@@ -98,6 +112,47 @@ IdemOutboxRecord(Oid owner, text *key, Jsonb *outcome, TimestampTz expires_at)
 
 	SetUserIdAndSecContext(save_userid, save_sec_context);
 	IdemSyncWakeWorkerAtCommit();
+}
+
+/*
+ * Queue an outcome for DynamoDB in the caller's transaction; nothing but a
+ * check when the sync is off.
+ */
+void
+IdemOutboxRecord(Oid owner, text *key, Jsonb *outcome, TimestampTz expires_at)
+{
+	if (!IdemSyncEnabled())
+		return;
+	OutboxInsert(owner, key, outcome, expires_at, NULL, "COMPLETED", NULL);
+}
+
+/*
+ * Queue a state of a leased key (idem.claim and friends) for DynamoDB in
+ * the caller's transaction; nothing but a check when the sync is off.
+ * With outcome NULL the key is held until lease_expires_at and becomes an
+ * INPROGRESS item (a release passes the current time, so that the lease
+ * has lapsed by the time anyone reads the item); with an outcome it is
+ * COMPLETED.  The token orders this row against the key's other lease rows.
+ */
+void
+IdemOutboxRecordLease(Oid owner, text *key, int64 token, Jsonb *outcome,
+					  TimestampTz lease_expires_at, TimestampTz expires_at)
+{
+	if (!IdemSyncEnabled())
+		return;
+
+	/*
+	 * A lease end of -infinity means "released": the item must show a lease
+	 * that has already lapsed, and an epoch number of -infinity would not.
+	 */
+	if (TIMESTAMP_IS_NOBEGIN(lease_expires_at))
+		lease_expires_at = GetCurrentTimestamp();
+	if (outcome != NULL)
+		OutboxInsert(owner, key, outcome, expires_at, &token, "COMPLETED",
+					 NULL);
+	else
+		OutboxInsert(owner, key, NULL, expires_at, &token, "INPROGRESS",
+					 &lease_expires_at);
 }
 
 /* Whether this database has idem's outbox (inside a transaction). */
@@ -137,7 +192,8 @@ IdemOutboxFetchDue(const int64 *skip, int nskip, int limit,
 	args[1] = Int32GetDatum(limit);
 	ret = SPI_execute_with_args("SELECT o.id, o.attempts, o.key_prefix, o.key, o.outcome, "
 								"  o.expires_at, "
-								"  pg_catalog.pg_get_userbyid(o.owner)::text "
+								"  pg_catalog.pg_get_userbyid(o.owner)::text, "
+								"  o.token, o.status = 'INPROGRESS', o.in_progress_expiration "
 								"FROM idem.sync_outbox o "
 								"WHERE o.state = 'pending' "
 								"  AND o.next_attempt_at <= pg_catalog.clock_timestamp() "
@@ -154,14 +210,22 @@ IdemOutboxFetchDue(const int64 *skip, int nskip, int limit,
 		HeapTuple	tup = SPI_tuptable->vals[r];
 		TupleDesc	desc = SPI_tuptable->tupdesc;
 		bool		isnull;
+		Datum		d;
 
 		out[r].id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
 		out[r].attempts = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
 		out[r].key_prefix = TextDatumGetCString(SPI_getbinval(tup, desc, 3, &isnull));
 		out[r].key = TextDatumGetCString(SPI_getbinval(tup, desc, 4, &isnull));
-		out[r].outcome = DatumGetJsonbP(SPI_getbinval(tup, desc, 5, &isnull));
+		d = SPI_getbinval(tup, desc, 5, &isnull);
+		out[r].outcome = isnull ? NULL : DatumGetJsonbP(d);
 		out[r].expires_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 6, &isnull));
 		out[r].role = TextDatumGetCString(SPI_getbinval(tup, desc, 7, &isnull));
+		d = SPI_getbinval(tup, desc, 8, &isnull);
+		out[r].leased = !isnull;
+		out[r].token = isnull ? 0 : DatumGetInt64(d);
+		out[r].in_progress = DatumGetBool(SPI_getbinval(tup, desc, 9, &isnull));
+		d = SPI_getbinval(tup, desc, 10, &isnull);
+		out[r].in_progress_expiration = isnull ? 0 : DatumGetTimestampTz(d);
 	}
 	*rows = out;
 	return (int) got;

@@ -3,7 +3,8 @@
  * sync_outbox.h
  *		idem.sync_outbox, the queue of outcomes to deliver to DynamoDB.
  *
- * The core queues outcomes with IdemOutboxRecord(); the sync worker reads
+ * The core queues outcomes with IdemOutboxRecord(), and the states of
+ * leased keys with IdemOutboxRecordLease(); the sync worker reads
  * due rows and writes back what became of them with the other functions,
  * which run inside the caller's transaction and SPI connection.
  *
@@ -17,22 +18,32 @@
 #include "datatype/timestamp.h"
 #include "utils/jsonb.h"
 
-/* A pending outbox row that is due for delivery. */
+/*
+ * A pending outbox row that is due for delivery.  Rows of idempotent_call
+ * carry an outcome and no token; rows of idem.claim and its friends carry
+ * their fencing token, and either an outcome (COMPLETED) or the lease's end
+ * (INPROGRESS).
+ */
 typedef struct IdemOutboxRow
 {
 	int64		id;
 	int			attempts;
 	char	   *key_prefix;
 	char	   *key;
-	Jsonb	   *outcome;
+	Jsonb	   *outcome;		/* NULL when in_progress */
 	TimestampTz expires_at;
 	char	   *role;			/* name of the row's owner */
+	bool		leased;			/* a lease row: token is set */
+	int64		token;
+	bool		in_progress;	/* status INPROGRESS rather than COMPLETED */
+	TimestampTz in_progress_expiration; /* in_progress: the lease's end */
 } IdemOutboxRow;
 
 /* What became of a delivery. */
 typedef enum IdemOutboxVerdictKind
 {
-	IDEM_OUTBOX_DELIVERED,		/* the item holds the outcome */
+	IDEM_OUTBOX_DELIVERED,		/* the item holds the outcome (or, for a
+								 * lease row, a newer state of the key) */
 	IDEM_OUTBOX_RETRY,			/* a transient failure: try again later */
 	IDEM_OUTBOX_FAILED,			/* a permanent failure */
 	IDEM_OUTBOX_CONFLICT		/* the item holds another outcome */
@@ -50,6 +61,9 @@ typedef struct IdemOutboxVerdict
 
 extern void IdemOutboxRecord(Oid owner, text *key, Jsonb *outcome,
 							 TimestampTz expires_at);
+extern void IdemOutboxRecordLease(Oid owner, text *key, int64 token,
+								  Jsonb *outcome, TimestampTz lease_expires_at,
+								  TimestampTz expires_at);
 extern bool IdemOutboxExists(void);
 extern int	IdemOutboxFetchDue(const int64 *skip, int nskip, int limit,
 							   IdemOutboxRow **rows);

@@ -9,8 +9,11 @@
  * flight, and records each verdict in the outbox:
  *
  *	delivered	the PutItem succeeded, or its condition failed and the item
- *				there holds the same outcome (a redelivery after a crash)
- *	conflict	the condition failed and the item holds another outcome
+ *				there holds the same outcome (a redelivery after a crash),
+ *				or, for a state of a leased key, the same or a newer state
+ *				of the same record (this one was superseded)
+ *	conflict	the condition failed and the item holds another outcome, or
+ *				another system's state of the key
  *	failed		a permanent error; idem.sync_retry_failed() requeues it
  *	pending		a transient error; retried after an exponential backoff
  *				with jitter, without limit in time
@@ -70,7 +73,10 @@ typedef struct SyncJob
 	char	   *item_id;
 	char	   *put_body;
 	char	   *get_body;
-	Jsonb	   *outcome;
+	Jsonb	   *outcome;		/* NULL for an INPROGRESS lease state */
+	char	   *role;			/* the row's owner, as written in pg_role */
+	bool		leased;			/* a state of a leased key */
+	int64		token;			/* leased: the fencing token */
 } SyncJob;
 
 static SyncJob **jobs;			/* idem.dynamodb_parallelism slots */
@@ -214,12 +220,32 @@ FetchJobs(TimestampTz *next_due, bool *outbox_missing)
 		job->id = row->id;
 		job->attempts = row->attempts;
 		/* The row dies with the transaction; the job lives until its verdict. */
-		job->outcome = palloc(VARSIZE(row->outcome));
-		memcpy(job->outcome, row->outcome, VARSIZE(row->outcome));
+		if (row->outcome != NULL)
+		{
+			job->outcome = palloc(VARSIZE(row->outcome));
+			memcpy(job->outcome, row->outcome, VARSIZE(row->outcome));
+		}
+		job->role = pstrdup(row->role);
+		job->leased = row->leased;
+		job->token = row->token;
 		job->item_id = IdemSyncItemId(row->key_prefix, row->key);
-		job->put_body = IdemSyncPutItemBody(idem_dynamodb_table, job->item_id,
-											job->outcome, row->expires_at,
-											row->role, database_name, now);
+		if (row->leased)
+		{
+			IdemSyncLease lease;
+
+			lease.token = row->token;
+			lease.version = row->id;
+			lease.in_progress = row->in_progress;
+			lease.in_progress_expiration = row->in_progress_expiration;
+			job->put_body = IdemSyncPutLeaseItemBody(idem_dynamodb_table, job->item_id,
+													 &lease, job->outcome,
+													 row->expires_at, row->role,
+													 database_name, now);
+		}
+		else
+			job->put_body = IdemSyncPutItemBody(idem_dynamodb_table, job->item_id,
+												job->outcome, row->expires_at,
+												row->role, database_name, now);
 		job->phase = JOB_PUT;
 		MemoryContextSwitchTo(old);
 
@@ -252,6 +278,58 @@ ApplyVerdicts(void)
 		IdemOutboxRecordVerdicts(verdicts, nverdicts);
 	EndWork();
 	nverdicts = 0;
+}
+
+/*
+ * Decide what the item read back after a failed condition means for a
+ * state of a leased key.  An item of the same record (same database, role
+ * and, by the id, key) holding this state or a newer one means this state
+ * was delivered or superseded: the newest state of a key wins, whatever
+ * order its rows were sent in.  Another system's item is treated as for an
+ * outcome of idempotent_call: wait while it is in progress, accept the same
+ * outcome, and record anything else as a conflict.
+ */
+static void
+JudgeLeaseReadBack(SyncJob *job, IdemSyncRemote *remote)
+{
+	if (!remote->found)
+	{
+		AddVerdict(job, IDEM_OUTBOX_RETRY,
+				   "the item that failed the write condition was gone when read back", NULL);
+		return;
+	}
+	if (remote->leased &&
+		remote->pg_database != NULL && strcmp(remote->pg_database, database_name) == 0 &&
+		remote->pg_role != NULL && strcmp(remote->pg_role, job->role) == 0)
+	{
+		bool		newer = remote->pg_token > job->token ||
+			(remote->pg_token == job->token && remote->pg_version >= job->id);
+
+		/*
+		 * An older state of ours lets a newer one replace it, so one found
+		 * here was written between our PutItem and GetItem: try again.
+		 */
+		if (newer)
+			AddVerdict(job, IDEM_OUTBOX_DELIVERED, NULL, NULL);
+		else
+			AddVerdict(job, IDEM_OUTBOX_RETRY,
+					   "an older state of the key was written while this one was", NULL);
+		return;
+	}
+	if (remote->status != NULL && strcmp(remote->status, "INPROGRESS") == 0)
+		AddVerdict(job, IDEM_OUTBOX_RETRY,
+				   "another system holds the key in progress", remote->data);
+	else if (job->outcome != NULL && remote->data != NULL &&
+			 compareJsonbContainers(&remote->data->root, &job->outcome->root) == 0)
+		AddVerdict(job, IDEM_OUTBOX_DELIVERED, NULL, NULL);
+	else if (job->outcome == NULL)
+		AddVerdict(job, IDEM_OUTBOX_CONFLICT,
+				   psprintf("item %s already holds an outcome of another system", job->item_id),
+				   remote->data);
+	else
+		AddVerdict(job, IDEM_OUTBOX_CONFLICT,
+				   psprintf("item %s already holds a different outcome", job->item_id),
+				   remote->data);
 }
 
 /* Decide what a PutItem or GetItem answer means for its job. */
@@ -292,23 +370,24 @@ HandleResult(IdemDynamoResult *res)
 	/* A GetItem answer after a failed condition. */
 	if (res->status == IDEM_DYNAMO_OK)
 	{
-		bool		found;
-		char	   *status;
-		Jsonb	   *remote = IdemSyncRemoteData(res->body, &found, &status);
+		IdemSyncRemote remote;
 
-		if (!found)
+		IdemSyncReadItem(res->body, &remote);
+		if (job->leased)
+			JudgeLeaseReadBack(job, &remote);
+		else if (!remote.found)
 			AddVerdict(job, IDEM_OUTBOX_RETRY,
 					   "the item that failed the write condition was gone when read back", NULL);
-		else if (status != NULL && strcmp(status, "INPROGRESS") == 0)
+		else if (remote.status != NULL && strcmp(remote.status, "INPROGRESS") == 0)
 			AddVerdict(job, IDEM_OUTBOX_RETRY,
-					   "another system holds the key in progress", remote);
-		else if (remote != NULL &&
-				 compareJsonbContainers(&remote->root, &job->outcome->root) == 0)
+					   "another system holds the key in progress", remote.data);
+		else if (remote.data != NULL &&
+				 compareJsonbContainers(&remote.data->root, &job->outcome->root) == 0)
 			AddVerdict(job, IDEM_OUTBOX_DELIVERED, NULL, NULL);
 		else
 			AddVerdict(job, IDEM_OUTBOX_CONFLICT,
 					   psprintf("item %s already holds a different outcome", job->item_id),
-					   remote);
+					   remote.data);
 	}
 	else
 		AddVerdict(job, IDEM_OUTBOX_RETRY, "GetItem answered a failed condition", NULL);

@@ -24,38 +24,10 @@ $node->safe_psql('postgres', q{
 	GRANT USAGE ON SCHEMA idem TO shopper;
 });
 
-# pgbouncer on a unix socket of its own, pooling transactions onto at most
-# three server sessions.
-my $dir = PostgreSQL::Test::Utils::tempdir_short();
-my $port = PostgreSQL::Test::Cluster::get_free_port();
-my ($host, $pgport) = ($node->host, $node->port);
-append_to_file("$dir/users.txt", qq{"shopper" ""\n"postgres" ""\n});
-append_to_file("$dir/pgbouncer.ini", qq{
-[databases]
-postgres = host=$host port=$pgport dbname=postgres
-
-[pgbouncer]
-listen_addr =
-listen_port = $port
-unix_socket_dir = $dir
-auth_type = trust
-auth_file = $dir/users.txt
-pool_mode = transaction
-default_pool_size = 3
-max_client_conn = 100
-logfile = $dir/pgbouncer.log
-pidfile = $dir/pgbouncer.pid
-});
-my $bouncer = IPC::Run::start([ 'pgbouncer', "$dir/pgbouncer.ini" ], '>', \my $bout, '2>', \my $berr);
-my $pooled = "host=$dir port=$port dbname=postgres user=shopper";
-my $up = 0;
-for (1 .. 100)
-{
-	$up = system('psql', '-X', '-qAt', '-d', $pooled, '-c', 'SELECT 1') == 0;
-	last if $up;
-	select(undef, undef, undef, 0.1);
-}
-ok($up, 'pgbouncer accepts connections') or BAIL_OUT("pgbouncer did not start: $berr");
+# pgbouncer pooling transactions onto at most three server sessions.
+my ($bouncer, $connstr, $dir) = StartPgbouncer($node, 3, 'shopper', 'postgres');
+my $pooled = $connstr->('shopper');
+pass('pgbouncer accepts connections');
 
 sub pooled_psql
 {

@@ -5,8 +5,11 @@
  *		(TypeScript) against the test DynamoDB table, and report whether the
  *		handler ran and what the call returned.
  *
- * Usage: node powertools_e2e.js ENDPOINT TABLE KEY_PREFIX KEY
- * Prints {"ran": bool, "result": ...} on stdout.
+ * Usage: node powertools_e2e.js ENDPOINT TABLE KEY_PREFIX KEY [--report-errors]
+ * Prints {"ran": bool, "result": ...} on stdout.  With --report-errors, an
+ * error of Powertools' own (IdempotencyAlreadyInProgressError and the like)
+ * is printed as {"ran": bool, "error": NAME, "message": ...} instead of
+ * failing the run; other errors still fail it.
  */
 'use strict';
 
@@ -15,7 +18,8 @@ const { DynamoDBPersistenceLayer } = require('@aws-lambda-powertools/idempotency
 
 async function main()
 {
-	const [endpoint, table, keyPrefix, key] = process.argv.slice(2);
+	const [endpoint, table, keyPrefix, key, flag] = process.argv.slice(2);
+	const reportErrors = flag === '--report-errors';
 	let ran = false;
 	const persistenceStore = new DynamoDBPersistenceLayer({
 		tableName: table,
@@ -41,7 +45,18 @@ async function main()
 		functionName: 'idem-e2e',
 		getRemainingTimeInMillis: () => 30000,
 	};
-	const result = await handler({ key: key }, context);
+	let result;
+	try
+	{
+		result = await handler({ key: key }, context);
+	}
+	catch (e)
+	{
+		if (!reportErrors || !/^Idempotency/.test(e.name || ''))
+			throw e;
+		process.stdout.write(JSON.stringify({ ran: ran, error: e.name, message: e.message }) + '\n');
+		return;
+	}
 	process.stdout.write(JSON.stringify({ ran: ran, result: result }) + '\n');
 }
 
