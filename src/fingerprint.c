@@ -35,6 +35,15 @@
 static pg_cryptohash_ctx *digest_ctx = NULL;
 
 /*
+ * Bytes not yet fed to the digest.  A fingerprint is dozens of items of a
+ * few bytes each, and every update goes through OpenSSL's dispatch, so they
+ * are gathered here and fed in one go; the digest is the same.
+ */
+#define DIGEST_BUFFER_SIZE	1024
+static uint8 digest_buffer[DIGEST_BUFFER_SIZE];
+static size_t digest_buffered = 0;
+
+/*
  * Whether equal values of a type are always equal bytes, so that its values'
  * bytes can stand for them in the fingerprint: what the btree "equalimage"
  * support function of its default operator class says (for text-like types,
@@ -85,13 +94,43 @@ IdemDigestSignature(const char *signature, uint8 digest[PG_SHA256_DIGEST_LENGTH]
 	pg_cryptohash_free(ctx);
 }
 
-/* Feed bytes to the digest. */
+/* Feed len bytes at data to the digest itself. */
+static void
+DigestUpdate(const uint8 *data, size_t len)
+{
+	if (pg_cryptohash_update(digest_ctx, data, len) < 0)
+		elog(ERROR, "could not compute request fingerprint: %s",
+			 pg_cryptohash_error(digest_ctx));
+}
+
+/* Feed the buffered bytes to the digest. */
+static void
+DigestFlush(void)
+{
+	if (digest_buffered > 0)
+	{
+		size_t		len = digest_buffered;
+
+		digest_buffered = 0;
+		DigestUpdate(digest_buffer, len);
+	}
+}
+
+/* Add bytes to the digest, through the buffer unless they would fill it. */
 static void
 DigestBytes(const void *data, size_t len)
 {
-	if (pg_cryptohash_update(digest_ctx, (const uint8 *) data, len) < 0)
-		elog(ERROR, "could not compute request fingerprint: %s",
-			 pg_cryptohash_error(digest_ctx));
+	if (digest_buffered + len > DIGEST_BUFFER_SIZE)
+	{
+		DigestFlush();
+		if (len > DIGEST_BUFFER_SIZE)
+		{
+			DigestUpdate((const uint8 *) data, len);
+			return;
+		}
+	}
+	memcpy(digest_buffer + digest_buffered, data, len);
+	digest_buffered += len;
 }
 
 /* Feed a tag byte and a length-prefixed byte string to the digest. */
@@ -141,6 +180,8 @@ IdemFingerprintBegin(const uint8 signature_digest[PG_SHA256_DIGEST_LENGTH])
 	if (pg_cryptohash_init(digest_ctx) < 0)
 		elog(ERROR, "could not compute request fingerprint: %s",
 			 pg_cryptohash_error(digest_ctx));
+	/* what an earlier fingerprint left behind when it failed */
+	digest_buffered = 0;
 	DigestItem('f', signature_digest, PG_SHA256_DIGEST_LENGTH);
 }
 
@@ -236,6 +277,7 @@ IdemFingerprintEnd(void)
 	uint8		digest[PG_SHA256_DIGEST_LENGTH];
 	uint64		hash = 0;
 
+	DigestFlush();
 	if (pg_cryptohash_final(digest_ctx, digest, sizeof(digest)) < 0)
 		elog(ERROR, "could not compute request fingerprint: %s",
 			 pg_cryptohash_error(digest_ctx));

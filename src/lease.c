@@ -536,6 +536,7 @@ IdemLeaseRelease(Oid owner, text *key, int64 token,
 
 	BeginLeaseCall(&call, owner, key, settings->wait_timeout_ms);
 	record = HeldClaim(&call, token, "release it");
+	RequireSynchronousCommit();
 	record->lease_expires_at = DT_NOBEGIN;
 	IdemKeyTableEndProbes(&call.table);
 	IdemKeyTableUpdate(&call.table, owner, key, &call.probe.tid, record);
