@@ -390,6 +390,23 @@ IdemKeyTableWrite(IdemKeyTable *table, Oid owner, text *key,
 	heap_freetuple(tuple);
 }
 
+/* heap_update with a wait for concurrent updaters, under either signature. */
+static TM_Result
+UpdateRecordTuple(Relation heap, ItemPointer tid, HeapTuple tuple)
+{
+	TM_FailureData tmfd;
+	LockTupleMode lockmode;
+#if PG_VERSION_NUM >= 160000
+	TU_UpdateIndexes update_indexes;
+
+	return heap_update(heap, tid, tuple, GetCurrentCommandId(true), InvalidSnapshot,
+					   true, &tmfd, &lockmode, &update_indexes);
+#else
+	return heap_update(heap, tid, tuple, GetCurrentCommandId(true), InvalidSnapshot,
+					   true, &tmfd, &lockmode);
+#endif
+}
+
 /*
  * Replace the claim row at tid with a new version: a new holder, a
  * checkpoint, a longer lease, a release or the outcome.  The caller holds
@@ -402,26 +419,13 @@ IdemKeyTableUpdate(IdemKeyTable *table, Oid owner, text *key,
 {
 	Relation	heap = table->heap;
 	HeapTuple	tuple;
-	TM_FailureData tmfd;
 	TM_Result	result;
-	LockTupleMode lockmode;
-#if PG_VERSION_NUM >= 160000
-	TU_UpdateIndexes update_indexes;
-#define IDEM_HEAP_UPDATE(tup) \
-	heap_update(heap, tid, (tup), GetCurrentCommandId(true), InvalidSnapshot, \
-				true, &tmfd, &lockmode, &update_indexes)
-#else
-#define IDEM_HEAP_UPDATE(tup) \
-	heap_update(heap, tid, (tup), GetCurrentCommandId(true), InvalidSnapshot, \
-				true, &tmfd, &lockmode)
-#endif
 
 	LockRelationOid(RelationGetRelid(heap), RowExclusiveLock);
 	tuple = FormRecordTuple(heap, owner, key, record);
 	/* the row may be this very command's (two lease calls in one query) */
 	CommandCounterIncrement();
-	result = IDEM_HEAP_UPDATE(tuple);
-#undef IDEM_HEAP_UPDATE
+	result = UpdateRecordTuple(heap, tid, tuple);
 	if (result == TM_Deleted || result == TM_Updated)
 		ereport(ERROR,
 				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),

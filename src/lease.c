@@ -72,13 +72,6 @@ typedef struct LeaseCall
 	IdemWait	wait;
 } LeaseCall;
 
-/* Quote a timestamp for a message. */
-static const char *
-TimestampForMessage(TimestampTz t)
-{
-	return timestamptz_to_str(t);
-}
-
 /*
  * Convert a lease argument to microseconds, refusing one that is not more
  * than zero or longer than IDEM_MAX_LEASE_USECS.  A day counts 24 hours.
@@ -176,9 +169,9 @@ ReportClaimed(text *key, TimestampTz lease_expires_at, int wait_timeout_ms)
 					IdemKeyForMessage(key)),
 			 wait_timeout_ms == 0 ?
 			 errdetail("The holder's lease ends at %s, and idem.wait_timeout is 0.",
-					   TimestampForMessage(lease_expires_at)) :
+					   timestamptz_to_str(lease_expires_at)) :
 			 errdetail("The holder's lease ends at %s; it did not complete or release the key within idem.wait_timeout (%d ms).",
-					   TimestampForMessage(lease_expires_at), wait_timeout_ms),
+					   timestamptz_to_str(lease_expires_at), wait_timeout_ms),
 			 errhint("Retry later: the retry returns the outcome once the holder completes, and runs once its lease lapses.")));
 }
 
@@ -411,6 +404,17 @@ HeldClaim(LeaseCall *call, int64 token, const char *action)
 	pg_unreachable();
 }
 
+/*
+ * Write the held claim's new version; once the key lock goes, the
+ * uncommitted row makes other callers wait for this transaction.
+ */
+static void
+ReplaceHeldClaim(LeaseCall *call, IdemRecord *record)
+{
+	IdemKeyTableEndProbes(&call->table);
+	IdemKeyTableUpdate(&call->table, call->owner, call->key, &call->probe.tid, record);
+}
+
 /* Refuse a NULL token argument. */
 void
 IdemLeaseRequireToken(bool isnull, text *key)
@@ -463,8 +467,7 @@ IdemLeaseComplete(Oid owner, text *key, int64 token, Jsonb *outcome,
 	now = GetCurrentTimestamp();
 	record->outcome = outcome;
 	record->expires_at = now + (TimestampTz) settings->ttl_s * USECS_PER_SEC;
-	IdemKeyTableEndProbes(&call.table);
-	IdemKeyTableUpdate(&call.table, owner, key, &call.probe.tid, record);
+	ReplaceHeldClaim(&call, record);
 	IdemOutboxRecordLease(owner, key, token, outcome,
 						  record->lease_expires_at, record->expires_at);
 	EndLeaseCall(&call);
@@ -491,8 +494,7 @@ IdemLeaseCheckpoint(Oid owner, text *key, int64 token, text *point, Jsonb *data,
 	RequireSynchronousCommit();
 	record->recovery_point = point;
 	record->recovery_data = data;
-	IdemKeyTableEndProbes(&call.table);
-	IdemKeyTableUpdate(&call.table, owner, key, &call.probe.tid, record);
+	ReplaceHeldClaim(&call, record);
 	EndLeaseCall(&call);
 }
 
@@ -515,8 +517,7 @@ IdemLeaseExtend(Oid owner, text *key, int64 token, int64 lease_usecs,
 	now = GetCurrentTimestamp();
 	record->lease_expires_at = now + lease_usecs;
 	record->expires_at = Max(record->expires_at, record->lease_expires_at);
-	IdemKeyTableEndProbes(&call.table);
-	IdemKeyTableUpdate(&call.table, owner, key, &call.probe.tid, record);
+	ReplaceHeldClaim(&call, record);
 	IdemOutboxRecordLease(owner, key, token, NULL,
 						  record->lease_expires_at, record->expires_at);
 	EndLeaseCall(&call);
@@ -538,8 +539,7 @@ IdemLeaseRelease(Oid owner, text *key, int64 token,
 	record = HeldClaim(&call, token, "release it");
 	RequireSynchronousCommit();
 	record->lease_expires_at = DT_NOBEGIN;
-	IdemKeyTableEndProbes(&call.table);
-	IdemKeyTableUpdate(&call.table, owner, key, &call.probe.tid, record);
+	ReplaceHeldClaim(&call, record);
 	IdemOutboxRecordLease(owner, key, token, NULL,
 						  GetCurrentTimestamp(), record->expires_at);
 	EndLeaseCall(&call);
