@@ -10,7 +10,7 @@
 MODULE_big = idem
 OBJS = idem.o \
 	src/catalog.o src/key.o src/fingerprint.o src/callsite.o \
-	src/keytable.o src/keylock.o src/lease.o \
+	src/keytable.o src/keylock.o src/lease.o src/arbiter.o \
 	src/sync.o src/sync_secrets.o src/sync_outbox.o src/sync_format.o \
 	src/sync_worker.o src/dynamodb.o
 SHLIB_LINK += -lcurl
@@ -19,7 +19,7 @@ EXTENSION = idem
 DATA = idem--1.0.sql
 PGFILEDESC = "idem - idempotency keys for PostgreSQL"
 
-REGRESS = setup call replay mismatch failure expiry roles bad_input replayed_flag hostile key_table lease
+REGRESS = setup call replay mismatch failure expiry roles bad_input replayed_flag hostile key_table lease arbiter
 REGRESS_OPTS =
 ISOLATION = first_writer_wins rollback_frees_key many_waiters wait_timeout repeatable_read expired_record lease_holders
 ISOLATION_OPTS =

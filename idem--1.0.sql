@@ -205,6 +205,8 @@ CREATE TABLE idem.sync_outbox (
     outcome jsonb,
     remote_outcome jsonb,
     last_error text,
+    -- arbiter mode: the pg_claim of the DynamoDB item this row completes
+    arbiter_claim text,
     CONSTRAINT sync_outbox_pkey PRIMARY KEY (id),
     -- a COMPLETED item carries an outcome, an INPROGRESS one a lease end;
     -- only lease rows may be INPROGRESS

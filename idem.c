@@ -16,6 +16,9 @@
  *	   uncommitted row now makes later callers wait for this transaction;
  *	   they replay if it commits and run fn themselves if it rolls back.
  *
+ * In arbiter mode (src/arbiter.c) step 3 first claims the key in DynamoDB,
+ * and replays instead what another cluster or Lambda function recorded.
+ *
  * The lease API (claim, complete, checkpoint, extend, release) serves work
  * done outside the database on the same key table; its entry points here
  * only read their arguments, and src/lease.c does the work.
@@ -38,6 +41,7 @@
 #include "utils/builtins.h"
 #include "utils/guc.h"
 
+#include "arbiter.h"
 #include "callsite.h"
 #include "errcodes.h"
 #include "key.h"
@@ -104,6 +108,7 @@ _PG_init(void)
 							PGC_USERSET, GUC_UNIT_MS,
 							NULL, NULL, NULL);
 	IdemSyncInit();
+	IdemArbiterInit();
 #if PG_VERSION_NUM >= 150000
 	MarkGUCPrefixReserved("idem");
 #else
@@ -184,6 +189,21 @@ ClaimOrReplay(IdemKeyTable *table, Oid owner, text *key,
 }
 
 /*
+ * Arbiter mode: claim the key in DynamoDB for the lease idem.lease before
+ * fn runs, or learn the outcome another party recorded for it.
+ */
+static void
+ClaimInDynamoDB(Oid owner, text *key, IdemArbiterClaim *arbiter)
+{
+	TimestampTz now = GetCurrentTimestamp();
+
+	IdemArbiterClaimKey(owner, key, NULL,
+						TimestampTzPlusMilliseconds(now, idem_lease),
+						now + (TimestampTz) idem_ttl * USECS_PER_SEC,
+						idem_wait_timeout, arbiter);
+}
+
+/*
  * idem.idempotent_call(key text, fn regprocedure, VARIADIC args "any")
  *
  * Returns fn's recorded outcome for (current_user, key), running fn and
@@ -202,6 +222,7 @@ idem_idempotent_call(PG_FUNCTION_ARGS)
 	IdemRecordProbe probe;
 	LOCKTAG		keylock;
 	IdemRecord	record;
+	IdemArbiterClaim arbiter = {0};
 
 	last_call_state = -1;
 	key = IdemKeyArgument(fcinfo, 0, idem_max_key_length);
@@ -234,13 +255,20 @@ idem_idempotent_call(PG_FUNCTION_ARGS)
 	}
 
 	IdemKeyTableEndProbes(&table);
-	record.outcome = IdemInvokeFunction(site, values, nulls,
-										OidIsValid(PG_GET_COLLATION()) ? PG_GET_COLLATION() : DEFAULT_COLLATION_OID,
-										owner, key);
+	if (idem_arbiter == IDEM_ARBITER_DYNAMODB)
+		ClaimInDynamoDB(owner, key, &arbiter);
+	if (arbiter.replay)
+		record.outcome = arbiter.outcome;
+	else
+		record.outcome = IdemInvokeFunction(site, values, nulls,
+											OidIsValid(PG_GET_COLLATION()) ? PG_GET_COLLATION() : DEFAULT_COLLATION_OID,
+											owner, key);
 	/* read idem.ttl after fn, so that a SET LOCAL in fn applies as well */
 	record.request_hash = request_hash;
 	record.created_at = GetCurrentTimestamp();
 	record.expires_at = record.created_at + (TimestampTz) idem_ttl * USECS_PER_SEC;
+	if (arbiter.replay && arbiter.expires_at != 0)
+		record.expires_at = Min(record.expires_at, arbiter.expires_at);
 	record.token = 0;
 	record.lease_expires_at = 0;
 	record.recovery_point = NULL;
@@ -248,9 +276,12 @@ idem_idempotent_call(PG_FUNCTION_ARGS)
 	IdemKeyTableWrite(&table, owner, key, &record,
 					  probe.state == IDEM_RECORD_EXPIRED ? &probe.tid : NULL);
 	IdemKeyTableClose(&table);
-	IdemOutboxRecord(owner, key, record.outcome, record.expires_at);
+	/* an outcome another party recorded is in DynamoDB already */
+	if (!arbiter.replay)
+		IdemOutboxRecord(owner, key, record.outcome, record.expires_at,
+						 arbiter.claim);
 	IdemKeyLockRelease(&keylock);
-	last_call_state = 0;
+	last_call_state = arbiter.replay ? 1 : 0;
 	PG_RETURN_JSONB_P(record.outcome);
 }
 

@@ -449,6 +449,7 @@ IdemDynamoNextResult(IdemDynamoClient *client, IdemDynamoResult *result)
 	int			left;
 	DynamoRequest *req;
 	CURLcode	rc;
+	long		request_size;
 
 	do
 	{
@@ -463,6 +464,9 @@ IdemDynamoNextResult(IdemDynamoClient *client, IdemDynamoResult *result)
 	memset(result, 0, sizeof(IdemDynamoResult));
 	result->private = req->private;
 	curl_easy_getinfo(msg->easy_handle, CURLINFO_RESPONSE_CODE, &result->http_status);
+	if (curl_easy_getinfo(msg->easy_handle, CURLINFO_REQUEST_SIZE, &request_size) != CURLE_OK)
+		request_size = 1;
+	result->sent = request_size > 0;
 	result->body = pstrdup(req->response ? req->response : "");
 	if (req->response_oom && rc == CURLE_OK)
 		rc = CURLE_WRITE_ERROR;

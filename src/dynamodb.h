@@ -45,6 +45,8 @@ typedef struct IdemDynamoResult
 	void	   *private;		/* what IdemDynamoSend was given */
 	IdemDynamoStatus status;
 	long		http_status;	/* 0 when no answer came */
+	bool		sent;			/* false: the request never left (no
+								 * connection), so it cannot have landed */
 	char	   *error;			/* palloc'd; NULL when status is IDEM_DYNAMO_OK */
 	char	   *body;			/* palloc'd answer body */
 } IdemDynamoResult;

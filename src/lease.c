@@ -41,6 +41,7 @@
 #include "utils/timestamp.h"
 
 #include "catalog.h"
+#include "arbiter.h"
 #include "errcodes.h"
 #include "fingerprint.h"
 #include "key.h"
@@ -268,6 +269,39 @@ NextToken(void)
 }
 
 /*
+ * In arbiter mode, the name of the DynamoDB claim of token, for the outbox
+ * rows of its states; NULL in local mode.  A key is claimed and completed
+ * in one mode: a change of idem.arbiter in between shows as a conflict.
+ */
+static char *
+ArbiterClaimOf(int64 token)
+{
+	return idem_arbiter == IDEM_ARBITER_DYNAMODB ? IdemArbiterLeaseClaim(token) : NULL;
+}
+
+/*
+ * Arbiter mode: claim the key in DynamoDB for the lease in record, or take
+ * the outcome another party recorded into record as completed by its
+ * token.  Returns true for the latter.
+ */
+static bool
+ClaimInDynamoDB(Oid owner, text *key, IdemRecord *record, TimestampTz now,
+				int wait_timeout_ms)
+{
+	IdemArbiterClaim arbiter;
+
+	IdemArbiterClaimKey(owner, key, &record->token, record->lease_expires_at,
+						record->expires_at, wait_timeout_ms, &arbiter);
+	if (!arbiter.replay)
+		return false;
+	record->outcome = arbiter.outcome;
+	record->lease_expires_at = now;
+	if (arbiter.expires_at != 0)
+		record->expires_at = Min(record->expires_at, arbiter.expires_at);
+	return true;
+}
+
+/*
  * Claim (owner, key) for lease_usecs, or find its outcome.
  *
  * Loops until it can decide: a recorded outcome is replayed; a row being
@@ -286,6 +320,7 @@ IdemLeaseClaim(Oid owner, text *key, Jsonb *request, int64 lease_usecs,
 	int			sleep_ms = LEASE_POLL_FIRST_MS;
 	TimestampTz now;
 	IdemRecord	record;
+	bool		replay = false;
 
 	BeginLeaseCall(&call, owner, key, settings->wait_timeout_ms);
 	for (;;)
@@ -333,6 +368,10 @@ IdemLeaseClaim(Oid owner, text *key, Jsonb *request, int64 lease_usecs,
 	record.expires_at = Max(now + (TimestampTz) settings->ttl_s * USECS_PER_SEC,
 							record.lease_expires_at);
 	record.outcome = NULL;
+	IdemKeyTableEndProbes(&call.table);
+	if (idem_arbiter == IDEM_ARBITER_DYNAMODB)
+		replay = ClaimInDynamoDB(owner, key, &record, now,
+								 settings->wait_timeout_ms);
 	if (probe->state == IDEM_RECORD_CLAIMED)
 	{
 		/* take over a lapsed or released claim, with its last checkpoint */
@@ -351,15 +390,18 @@ IdemLeaseClaim(Oid owner, text *key, Jsonb *request, int64 lease_usecs,
 		IdemKeyTableWrite(&call.table, owner, key, &record,
 						  probe->state == IDEM_RECORD_EXPIRED ? &probe->tid : NULL);
 	}
-	IdemOutboxRecordLease(owner, key, record.token, NULL,
-						  record.lease_expires_at, record.expires_at);
+	/* an outcome another party recorded is in DynamoDB already */
+	if (!replay)
+		IdemOutboxRecordLease(owner, key, record.token, NULL,
+							  record.lease_expires_at, record.expires_at,
+							  ArbiterClaimOf(record.token));
 	EndLeaseCall(&call);
 
-	claim->replay = false;
+	claim->replay = replay;
 	claim->token = record.token;
-	claim->outcome = NULL;
-	claim->recovery_point = record.recovery_point;
-	claim->recovery_data = record.recovery_data;
+	claim->outcome = record.outcome;
+	claim->recovery_point = replay ? NULL : record.recovery_point;
+	claim->recovery_data = replay ? NULL : record.recovery_data;
 }
 
 /*
@@ -469,7 +511,8 @@ IdemLeaseComplete(Oid owner, text *key, int64 token, Jsonb *outcome,
 	record->expires_at = now + (TimestampTz) settings->ttl_s * USECS_PER_SEC;
 	ReplaceHeldClaim(&call, record);
 	IdemOutboxRecordLease(owner, key, token, outcome,
-						  record->lease_expires_at, record->expires_at);
+						  record->lease_expires_at, record->expires_at,
+						  ArbiterClaimOf(token));
 	EndLeaseCall(&call);
 }
 
@@ -519,7 +562,8 @@ IdemLeaseExtend(Oid owner, text *key, int64 token, int64 lease_usecs,
 	record->expires_at = Max(record->expires_at, record->lease_expires_at);
 	ReplaceHeldClaim(&call, record);
 	IdemOutboxRecordLease(owner, key, token, NULL,
-						  record->lease_expires_at, record->expires_at);
+						  record->lease_expires_at, record->expires_at,
+						  ArbiterClaimOf(token));
 	EndLeaseCall(&call);
 	return record->lease_expires_at;
 }
@@ -541,6 +585,7 @@ IdemLeaseRelease(Oid owner, text *key, int64 token,
 	record->lease_expires_at = DT_NOBEGIN;
 	ReplaceHeldClaim(&call, record);
 	IdemOutboxRecordLease(owner, key, token, NULL,
-						  GetCurrentTimestamp(), record->expires_at);
+						  GetCurrentTimestamp(), record->expires_at,
+						  ArbiterClaimOf(token));
 	EndLeaseCall(&call);
 }

@@ -33,6 +33,7 @@
 #include "utils/guc.h"
 #include "utils/timestamp.h"
 
+#include "dynamodb.h"
 #include "sync.h"
 #include "sync_secrets.h"
 
@@ -258,6 +259,54 @@ IdemSyncInit(void)
 		strlcpy(worker.bgw_type, "idem DynamoDB sync", BGW_MAXLEN);
 		RegisterBackgroundWorker(&worker);
 	}
+}
+
+/*
+ * Build a DynamoDB client from the idem.dynamodb_* settings and the
+ * server's AWS environment, for up to max_connections connections; NULL,
+ * with *problem saying why, when no credentials are set.
+ */
+IdemDynamoClient *
+IdemSyncConnect(int max_connections, char **problem)
+{
+	IdemDynamoConfig config;
+	const char *region = idem_dynamodb_region;
+
+	if (region == NULL || region[0] == '\0')
+		region = getenv("AWS_REGION");
+	if (region == NULL || region[0] == '\0')
+		region = getenv("AWS_DEFAULT_REGION");
+	if (region == NULL || region[0] == '\0')
+		region = "us-east-1";
+	if (idem_dynamodb_endpoint && idem_dynamodb_endpoint[0] != '\0')
+		config.endpoint = idem_dynamodb_endpoint;
+	else
+		config.endpoint = psprintf("https://dynamodb.%s.amazonaws.com", region);
+
+	config.region = region;
+	config.access_key_id = idem_dynamodb_access_key_id[0] ? idem_dynamodb_access_key_id : getenv("AWS_ACCESS_KEY_ID");
+	config.secret_access_key = idem_dynamodb_secret_access_key[0] ? idem_dynamodb_secret_access_key : getenv("AWS_SECRET_ACCESS_KEY");
+	config.session_token = idem_dynamodb_session_token[0] ? idem_dynamodb_session_token : getenv("AWS_SESSION_TOKEN");
+	config.timeout_ms = idem_dynamodb_request_timeout;
+	config.max_connections = max_connections;
+
+	if (config.access_key_id == NULL || config.access_key_id[0] == '\0' ||
+		config.secret_access_key == NULL || config.secret_access_key[0] == '\0')
+	{
+		*problem = "no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+			"in the server's environment, or idem.dynamodb_access_key_id and "
+			"idem.dynamodb_secret_access_key";
+		return NULL;
+	}
+	*problem = NULL;
+	return IdemDynamoCreate(&config);
+}
+
+/* Whether idem was loaded at server start, so that the sync worker runs. */
+bool
+IdemSyncWorkerRegistered(void)
+{
+	return sync_shared != NULL;
 }
 
 /* Whether a DynamoDB table is configured. */

@@ -29,8 +29,13 @@ extern int	idem_dynamodb_request_timeout;	/* milliseconds */
 extern int	idem_dynamodb_parallelism;
 extern int	idem_dynamodb_retry_max_delay;	/* milliseconds */
 
+struct IdemDynamoClient;
+
 extern void IdemSyncInit(void);
 extern bool IdemSyncEnabled(void);
+extern bool IdemSyncWorkerRegistered(void);
+extern struct IdemDynamoClient *IdemSyncConnect(int max_connections,
+												char **problem);
 extern void IdemSyncSetLastError(const char *msg);
 extern void IdemSyncWakeWorkerAtCommit(void);
 

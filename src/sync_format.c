@@ -69,6 +69,22 @@
 	"(" OURS " AND (#pg_token < :pg_token OR " \
 	"(#pg_token = :pg_token AND #pg_version < :pg_version)))"
 
+/*
+ * The conditions of arbiter mode (arbiter.c), where the item of a key is
+ * claimed before the call runs and every later state of that claim names
+ * it in pg_claim.  A completion may land where Powertools could claim, or
+ * over its own claim; a state of a leased key, in addition, only over an
+ * older state of the same claim (pg_version orders them; the claim itself
+ * is version 0), never over its own lapsed lock.
+ */
+#define ARBITER_CONDITION \
+	CLAIM_CONDITION " OR #pg_claim = :pg_claim"
+#define ARBITER_LEASE_CONDITION \
+	"attribute_not_exists(#id) OR #expiration < :now OR " \
+	"(#status = :inprogress AND attribute_exists(#in_progress_expiration) " \
+	"AND #in_progress_expiration < :now_ms AND NOT (#pg_claim = :pg_claim)) OR " \
+	"(#pg_claim = :pg_claim AND #pg_version < :pg_version)"
+
 static bool AppendPlainJson(StringInfo buf, JsonbContainer *av);
 
 PG_FUNCTION_INFO_V1(idem_sync_item_id);
@@ -261,6 +277,34 @@ AppendItemStart(StringInfo buf, const char *table, const char *id,
 }
 
 /*
+ * Close an Item and append Powertools' claim condition with its names and
+ * values, the names and values of pg_claim too when claim is not NULL
+ * (for a condition that names it), and close the body.
+ */
+static void
+AppendClaimCondition(StringInfo buf, const char *condition, const char *claim,
+					 TimestampTz now)
+{
+	appendStringInfo(buf, "},\"ConditionExpression\":\"%s\"", condition);
+	appendStringInfoString(buf, ",\"ExpressionAttributeNames\":{\"#id\":\"id\","
+						   "\"#expiration\":\"expiration\",\"#status\":\"status\","
+						   "\"#in_progress_expiration\":\"in_progress_expiration\"");
+	if (claim != NULL)
+		appendStringInfoString(buf, ",\"#pg_claim\":\"pg_claim\"");
+	appendStringInfo(buf, "},\"ExpressionAttributeValues\":{\":now\":{\"N\":\"" INT64_FORMAT "\"},"
+					 "\":now_ms\":{\"N\":\"" INT64_FORMAT "\"},"
+					 "\":inprogress\":{\"S\":\"INPROGRESS\"}",
+					 UnixEpoch(now, 1), UnixEpoch(now, 1000));
+	if (claim != NULL)
+	{
+		appendStringInfoString(buf, ",\":pg_claim\":{\"S\":");
+		escape_json(buf, claim);
+		appendStringInfoChar(buf, '}');
+	}
+	appendStringInfoString(buf, "}}");
+}
+
+/*
  * Build the body of the conditional PutItem that writes an outcome: the
  * item may only be written where Powertools could claim the id itself.
  */
@@ -274,14 +318,112 @@ IdemSyncPutItemBody(const char *table, const char *id, Jsonb *outcome,
 	initStringInfo(&buf);
 	AppendItemStart(&buf, table, id, "COMPLETED", outcome, expires_at, role,
 					database);
-	appendStringInfoString(&buf, "},\"ConditionExpression\":\"" CLAIM_CONDITION "\"");
+	AppendClaimCondition(&buf, CLAIM_CONDITION, NULL, now);
+	return buf.data;
+}
+
+/* Append the pg_claim attribute of an item. */
+static void
+AppendClaimAttribute(StringInfo buf, const char *claim)
+{
+	appendStringInfoString(buf, ",\"pg_claim\":{\"S\":");
+	escape_json(buf, claim);
+	appendStringInfoChar(buf, '}');
+}
+
+/*
+ * Build the body of the conditional PutItem with which arbiter mode claims
+ * a key before its call runs: an INPROGRESS item, written only where
+ * Powertools itself could claim, holding the claim until
+ * in_progress_expiration.  token is the fencing token of idem.claim, NULL
+ * for idempotent_call; a leased key's claim is version 0 of its states.
+ */
+char *
+IdemSyncPutClaimItemBody(const char *table, const char *id, const char *claim,
+						 const int64 *token, TimestampTz in_progress_expiration,
+						 TimestampTz expires_at, const char *role,
+						 const char *database, TimestampTz now)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	AppendItemStart(&buf, table, id, "INPROGRESS", NULL, expires_at, role,
+					database);
+	appendStringInfo(&buf, ",\"in_progress_expiration\":{\"N\":\"" INT64_FORMAT "\"}",
+					 UnixEpoch(in_progress_expiration, 1000));
+	if (token != NULL)
+		appendStringInfo(&buf, ",\"pg_token\":{\"N\":\"" INT64_FORMAT "\"}"
+						 ",\"pg_version\":{\"N\":\"0\"}", *token);
+	AppendClaimAttribute(&buf, claim);
+	AppendClaimCondition(&buf, CLAIM_CONDITION, NULL, now);
+	return buf.data;
+}
+
+/*
+ * Build the body of the conditional PutItem that the sync worker sends for
+ * a state of an arbiter claim: the outcome of idempotent_call (lease NULL),
+ * or a state of a leased key, each replacing only what ARBITER_CONDITION or
+ * ARBITER_LEASE_CONDITION allows.
+ */
+char *
+IdemSyncPutArbiterItemBody(const char *table, const char *id, const char *claim,
+						   const IdemSyncLease *lease, Jsonb *outcome,
+						   TimestampTz expires_at, const char *role,
+						   const char *database, TimestampTz now)
+{
+	StringInfoData buf;
+	bool		in_progress = lease != NULL && lease->in_progress;
+
+	Assert(in_progress == (outcome == NULL));
+	initStringInfo(&buf);
+	AppendItemStart(&buf, table, id, in_progress ? "INPROGRESS" : "COMPLETED",
+					outcome, expires_at, role, database);
+	if (in_progress)
+		appendStringInfo(&buf, ",\"in_progress_expiration\":{\"N\":\"" INT64_FORMAT "\"}",
+						 UnixEpoch(lease->in_progress_expiration, 1000));
+	if (lease != NULL)
+		appendStringInfo(&buf, ",\"pg_token\":{\"N\":\"" INT64_FORMAT "\"}"
+						 ",\"pg_version\":{\"N\":\"" INT64_FORMAT "\"}",
+						 lease->token, lease->version);
+	AppendClaimAttribute(&buf, claim);
+	if (lease == NULL)
+	{
+		AppendClaimCondition(&buf, ARBITER_CONDITION, claim, now);
+		return buf.data;
+	}
+	/* the lease condition also names pg_version: splice it in */
+	appendStringInfoString(&buf, "},\"ConditionExpression\":\"" ARBITER_LEASE_CONDITION "\"");
 	appendStringInfoString(&buf, ",\"ExpressionAttributeNames\":{\"#id\":\"id\","
 						   "\"#expiration\":\"expiration\",\"#status\":\"status\","
-						   "\"#in_progress_expiration\":\"in_progress_expiration\"}");
+						   "\"#in_progress_expiration\":\"in_progress_expiration\","
+						   "\"#pg_claim\":\"pg_claim\",\"#pg_version\":\"pg_version\"}");
 	appendStringInfo(&buf, ",\"ExpressionAttributeValues\":{\":now\":{\"N\":\"" INT64_FORMAT "\"},"
 					 "\":now_ms\":{\"N\":\"" INT64_FORMAT "\"},"
-					 "\":inprogress\":{\"S\":\"INPROGRESS\"}}}",
-					 UnixEpoch(now, 1), UnixEpoch(now, 1000));
+					 "\":inprogress\":{\"S\":\"INPROGRESS\"},"
+					 "\":pg_version\":{\"N\":\"" INT64_FORMAT "\"},"
+					 "\":pg_claim\":{\"S\":",
+					 UnixEpoch(now, 1), UnixEpoch(now, 1000), lease->version);
+	escape_json(&buf, claim);
+	appendStringInfoString(&buf, "}}}");
+	return buf.data;
+}
+
+/* Build the body of a DeleteItem that removes an item only while claim holds it. */
+char *
+IdemSyncDeleteClaimBody(const char *table, const char *id, const char *claim)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, "{\"TableName\":");
+	escape_json(&buf, table);
+	appendStringInfoString(&buf, ",\"Key\":{\"id\":{\"S\":");
+	escape_json(&buf, id);
+	appendStringInfoString(&buf, "}},\"ConditionExpression\":\"#pg_claim = :pg_claim\","
+						   "\"ExpressionAttributeNames\":{\"#pg_claim\":\"pg_claim\"},"
+						   "\"ExpressionAttributeValues\":{\":pg_claim\":{\"S\":");
+	escape_json(&buf, claim);
+	appendStringInfoString(&buf, "}}}");
 	return buf.data;
 }
 
@@ -517,6 +659,7 @@ IdemSyncReadItem(const char *response, IdemSyncRemote *remote)
 	JsonbValue *data;
 	StringInfoData buf;
 	char	   *copy = pstrdup(response);
+	int64		epoch;
 
 	memset(remote, 0, sizeof(IdemSyncRemote));
 
@@ -536,12 +679,18 @@ IdemSyncReadItem(const char *response, IdemSyncRemote *remote)
 	remote->status = ItemString(item->val.binary.data, "status");
 	remote->pg_role = ItemString(item->val.binary.data, "pg_role");
 	remote->pg_database = ItemString(item->val.binary.data, "pg_database");
+	remote->pg_claim = ItemString(item->val.binary.data, "pg_claim");
+	if (ItemInt64(item->val.binary.data, "expiration", &epoch) &&
+		epoch > 0 && epoch < INT64CONST(100000000000))
+		remote->expiration = (epoch - (int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY) *
+			USECS_PER_SEC;
 	remote->leased = ItemInt64(item->val.binary.data, "pg_token", &remote->pg_token) &&
 		ItemInt64(item->val.binary.data, "pg_version", &remote->pg_version);
 
 	data = getKeyJsonValueFromContainer(item->val.binary.data, "data", 4, NULL);
 	if (data == NULL || data->type != jbvBinary)
 		return;
+	remote->has_data = true;
 	initStringInfo(&buf);
 	if (AppendPlainJson(&buf, data->val.binary.data))
 		remote->data = DatumGetJsonbP(DirectFunctionCall1(jsonb_in,

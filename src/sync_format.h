@@ -34,6 +34,10 @@ typedef struct IdemSyncRemote
 	int64		pg_version;
 	char	   *pg_role;		/* NULL: none */
 	char	   *pg_database;	/* NULL: none */
+	char	   *pg_claim;		/* NULL: none; the arbiter claim it holds */
+	TimestampTz expiration;		/* 0: none */
+	bool		has_data;		/* a data attribute exists (data may still
+								 * be NULL if it is not JSON) */
 } IdemSyncRemote;
 
 extern char *IdemSyncItemId(const char *prefix, const char *key);
@@ -46,6 +50,22 @@ extern char *IdemSyncPutLeaseItemBody(const char *table, const char *id,
 									  Jsonb *outcome, TimestampTz expires_at,
 									  const char *role, const char *database,
 									  TimestampTz now);
+extern char *IdemSyncPutArbiterItemBody(const char *table, const char *id,
+										const char *claim,
+										const IdemSyncLease *lease,
+										Jsonb *outcome,
+										TimestampTz expires_at,
+										const char *role,
+										const char *database,
+										TimestampTz now);
+extern char *IdemSyncPutClaimItemBody(const char *table, const char *id,
+									  const char *claim, const int64 *token,
+									  TimestampTz in_progress_expiration,
+									  TimestampTz expires_at,
+									  const char *role, const char *database,
+									  TimestampTz now);
+extern char *IdemSyncDeleteClaimBody(const char *table, const char *id,
+									 const char *claim);
 extern char *IdemSyncGetItemBody(const char *table, const char *id);
 extern void IdemSyncReadItem(const char *response, IdemSyncRemote *remote);
 

@@ -59,12 +59,13 @@ OutboxOwner(void)
 static void
 OutboxInsert(Oid owner, text *key, Jsonb *outcome, TimestampTz expires_at,
 			 const int64 *token, const char *status,
-			 const TimestampTz *in_progress_expiration)
+			 const TimestampTz *in_progress_expiration,
+			 const char *arbiter_claim)
 {
 	Oid			save_userid;
 	int			save_sec_context;
-	Datum		values[8];
-	char		nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	Datum		values[9];
+	char		nulls[9] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 	int			ret;
 
 	/* The caller has no right on the outbox: write it as its owner. */
@@ -77,15 +78,15 @@ OutboxInsert(Oid owner, text *key, Jsonb *outcome, TimestampTz expires_at,
 		elog(ERROR, "SPI_connect failed");
 	if (insert_plan == NULL)
 	{
-		Oid			argtypes[8] = {OIDOID, TEXTOID, TEXTOID, JSONBOID,
-		TIMESTAMPTZOID, INT8OID, TEXTOID, TIMESTAMPTZOID};
+		Oid			argtypes[9] = {OIDOID, TEXTOID, TEXTOID, JSONBOID,
+		TIMESTAMPTZOID, INT8OID, TEXTOID, TIMESTAMPTZOID, TEXTOID};
 		SPIPlanPtr	plan;
 
 		plan = SPI_prepare("INSERT INTO idem.sync_outbox "
 						   "(owner, key, key_prefix, outcome, expires_at, "
-						   " token, status, in_progress_expiration) "
-						   "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-						   8, argtypes);
+						   " token, status, in_progress_expiration, arbiter_claim) "
+						   "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+						   9, argtypes);
 		if (plan == NULL)
 			elog(ERROR, "could not prepare the outbox insert: %s",
 				 SPI_result_code_string(SPI_result));
@@ -104,6 +105,8 @@ OutboxInsert(Oid owner, text *key, Jsonb *outcome, TimestampTz expires_at,
 	values[7] = in_progress_expiration ?
 		TimestampTzGetDatum(*in_progress_expiration) : (Datum) 0;
 	nulls[7] = in_progress_expiration ? ' ' : 'n';
+	values[8] = arbiter_claim ? CStringGetTextDatum(arbiter_claim) : (Datum) 0;
+	nulls[8] = arbiter_claim ? ' ' : 'n';
 	ret = SPI_execute_plan(insert_plan, values, nulls, false, 0);
 	if (ret != SPI_OK_INSERT)
 		elog(ERROR, "could not queue an outcome for DynamoDB: %s",
@@ -119,11 +122,13 @@ OutboxInsert(Oid owner, text *key, Jsonb *outcome, TimestampTz expires_at,
  * check when the sync is off.
  */
 void
-IdemOutboxRecord(Oid owner, text *key, Jsonb *outcome, TimestampTz expires_at)
+IdemOutboxRecord(Oid owner, text *key, Jsonb *outcome, TimestampTz expires_at,
+				 const char *arbiter_claim)
 {
 	if (!IdemSyncEnabled())
 		return;
-	OutboxInsert(owner, key, outcome, expires_at, NULL, "COMPLETED", NULL);
+	OutboxInsert(owner, key, outcome, expires_at, NULL, "COMPLETED", NULL,
+				 arbiter_claim);
 }
 
 /*
@@ -136,7 +141,8 @@ IdemOutboxRecord(Oid owner, text *key, Jsonb *outcome, TimestampTz expires_at)
  */
 void
 IdemOutboxRecordLease(Oid owner, text *key, int64 token, Jsonb *outcome,
-					  TimestampTz lease_expires_at, TimestampTz expires_at)
+					  TimestampTz lease_expires_at, TimestampTz expires_at,
+					  const char *arbiter_claim)
 {
 	if (!IdemSyncEnabled())
 		return;
@@ -149,10 +155,10 @@ IdemOutboxRecordLease(Oid owner, text *key, int64 token, Jsonb *outcome,
 		lease_expires_at = GetCurrentTimestamp();
 	if (outcome != NULL)
 		OutboxInsert(owner, key, outcome, expires_at, &token, "COMPLETED",
-					 NULL);
+					 NULL, arbiter_claim);
 	else
 		OutboxInsert(owner, key, NULL, expires_at, &token, "INPROGRESS",
-					 &lease_expires_at);
+					 &lease_expires_at, arbiter_claim);
 }
 
 /* Whether this database has idem's outbox (inside a transaction). */
@@ -193,7 +199,8 @@ IdemOutboxFetchDue(const int64 *skip, int nskip, int limit,
 	ret = SPI_execute_with_args("SELECT o.id, o.attempts, o.key_prefix, o.key, o.outcome, "
 								"  o.expires_at, "
 								"  pg_catalog.pg_get_userbyid(o.owner)::text, "
-								"  o.token, o.status = 'INPROGRESS', o.in_progress_expiration "
+								"  o.token, o.status = 'INPROGRESS', o.in_progress_expiration, "
+								"  o.arbiter_claim "
 								"FROM idem.sync_outbox o "
 								"WHERE o.state = 'pending' "
 								"  AND o.next_attempt_at <= pg_catalog.clock_timestamp() "
@@ -226,6 +233,8 @@ IdemOutboxFetchDue(const int64 *skip, int nskip, int limit,
 		out[r].in_progress = DatumGetBool(SPI_getbinval(tup, desc, 9, &isnull));
 		d = SPI_getbinval(tup, desc, 10, &isnull);
 		out[r].in_progress_expiration = isnull ? 0 : DatumGetTimestampTz(d);
+		d = SPI_getbinval(tup, desc, 11, &isnull);
+		out[r].arbiter_claim = isnull ? NULL : TextDatumGetCString(d);
 	}
 	*rows = out;
 	return (int) got;

@@ -37,6 +37,7 @@ typedef struct IdemOutboxRow
 	int64		token;
 	bool		in_progress;	/* status INPROGRESS rather than COMPLETED */
 	TimestampTz in_progress_expiration; /* in_progress: the lease's end */
+	char	   *arbiter_claim;	/* arbiter mode: the claim; else NULL */
 } IdemOutboxRow;
 
 /* What became of a delivery. */
@@ -60,10 +61,11 @@ typedef struct IdemOutboxVerdict
 } IdemOutboxVerdict;
 
 extern void IdemOutboxRecord(Oid owner, text *key, Jsonb *outcome,
-							 TimestampTz expires_at);
+							 TimestampTz expires_at, const char *arbiter_claim);
 extern void IdemOutboxRecordLease(Oid owner, text *key, int64 token,
 								  Jsonb *outcome, TimestampTz lease_expires_at,
-								  TimestampTz expires_at);
+								  TimestampTz expires_at,
+								  const char *arbiter_claim);
 extern bool IdemOutboxExists(void);
 extern int	IdemOutboxFetchDue(const int64 *skip, int nskip, int limit,
 							   IdemOutboxRow **rows);

@@ -77,6 +77,7 @@ typedef struct SyncJob
 	char	   *role;			/* the row's owner, as written in pg_role */
 	bool		leased;			/* a state of a leased key */
 	int64		token;			/* leased: the fencing token */
+	char	   *arbiter_claim;	/* arbiter mode: the claim; else NULL */
 } SyncJob;
 
 static SyncJob **jobs;			/* idem.dynamodb_parallelism slots */
@@ -229,7 +230,8 @@ FetchJobs(TimestampTz *next_due, bool *outbox_missing)
 		job->leased = row->leased;
 		job->token = row->token;
 		job->item_id = IdemSyncItemId(row->key_prefix, row->key);
-		if (row->leased)
+		job->arbiter_claim = row->arbiter_claim ? pstrdup(row->arbiter_claim) : NULL;
+		if (row->leased || row->arbiter_claim)
 		{
 			IdemSyncLease lease;
 
@@ -237,10 +239,17 @@ FetchJobs(TimestampTz *next_due, bool *outbox_missing)
 			lease.version = row->id;
 			lease.in_progress = row->in_progress;
 			lease.in_progress_expiration = row->in_progress_expiration;
-			job->put_body = IdemSyncPutLeaseItemBody(idem_dynamodb_table, job->item_id,
-													 &lease, job->outcome,
-													 row->expires_at, row->role,
-													 database_name, now);
+			if (row->arbiter_claim)
+				job->put_body = IdemSyncPutArbiterItemBody(idem_dynamodb_table, job->item_id,
+														   job->arbiter_claim,
+														   row->leased ? &lease : NULL,
+														   job->outcome, row->expires_at,
+														   row->role, database_name, now);
+			else
+				job->put_body = IdemSyncPutLeaseItemBody(idem_dynamodb_table, job->item_id,
+														 &lease, job->outcome,
+														 row->expires_at, row->role,
+														 database_name, now);
 		}
 		else
 			job->put_body = IdemSyncPutItemBody(idem_dynamodb_table, job->item_id,
@@ -332,6 +341,51 @@ JudgeLeaseReadBack(SyncJob *job, IdemSyncRemote *remote)
 				   remote->data);
 }
 
+/*
+ * Decide what the item read back after a failed condition means for a
+ * state of an arbiter claim.  Our own claim holding this state or a newer
+ * one means delivered.  Another party's item means the claim's lease
+ * lapsed before this state landed: an outcome waits while that party runs
+ * the key and is a conflict unless it recorded the same outcome; a lease
+ * state that lost its key is a conflict.
+ */
+static void
+JudgeArbiterReadBack(SyncJob *job, IdemSyncRemote *remote)
+{
+	if (!remote->found)
+	{
+		AddVerdict(job, IDEM_OUTBOX_RETRY,
+				   "the item that failed the write condition was gone when read back", NULL);
+		return;
+	}
+	if (remote->pg_claim != NULL && strcmp(remote->pg_claim, job->arbiter_claim) == 0)
+	{
+		if (job->leased && remote->leased && remote->pg_version >= job->id)
+			AddVerdict(job, IDEM_OUTBOX_DELIVERED, NULL, NULL);
+		else
+			AddVerdict(job, IDEM_OUTBOX_RETRY,
+					   "an older state of the claim was written while this one was", NULL);
+		return;
+	}
+	if (job->outcome == NULL)
+		AddVerdict(job, IDEM_OUTBOX_CONFLICT,
+				   psprintf("item %s was taken over by another party after the claim's lease ended",
+							job->item_id),
+				   remote->data);
+	else if (remote->status != NULL && strcmp(remote->status, "INPROGRESS") == 0)
+		AddVerdict(job, IDEM_OUTBOX_RETRY,
+				   "another party holds the key in progress: the claim's lease ended before its outcome was delivered",
+				   remote->data);
+	else if (remote->data != NULL &&
+			 compareJsonbContainers(&remote->data->root, &job->outcome->root) == 0)
+		AddVerdict(job, IDEM_OUTBOX_DELIVERED, NULL, NULL);
+	else
+		AddVerdict(job, IDEM_OUTBOX_CONFLICT,
+				   psprintf("item %s holds another party's outcome: the claim's lease ended before its outcome was delivered",
+							job->item_id),
+				   remote->data);
+}
+
 /* Decide what a PutItem or GetItem answer means for its job. */
 static void
 HandleResult(IdemDynamoResult *res)
@@ -373,7 +427,9 @@ HandleResult(IdemDynamoResult *res)
 		IdemSyncRemote remote;
 
 		IdemSyncReadItem(res->body, &remote);
-		if (job->leased)
+		if (job->arbiter_claim)
+			JudgeArbiterReadBack(job, &remote);
+		else if (job->leased)
 			JudgeLeaseReadBack(job, &remote);
 		else if (!remote.found)
 			AddVerdict(job, IDEM_OUTBOX_RETRY,
@@ -404,45 +460,16 @@ ResetClient(void)
 		DropJob(jobs[0]);
 }
 
-/*
- * Build a client from the settings and the server's AWS environment; NULL,
- * with the reason recorded, when credentials are missing.
- */
+/* Build a client from the settings; NULL, with the reason recorded, if none. */
 static IdemDynamoClient *
 MakeClient(void)
 {
-	IdemDynamoConfig config;
-	const char *region = idem_dynamodb_region;
-	char	   *endpoint;
+	char	   *problem;
+	IdemDynamoClient *made = IdemSyncConnect(idem_dynamodb_parallelism, &problem);
 
-	if (region == NULL || region[0] == '\0')
-		region = getenv("AWS_REGION");
-	if (region == NULL || region[0] == '\0')
-		region = getenv("AWS_DEFAULT_REGION");
-	if (region == NULL || region[0] == '\0')
-		region = "us-east-1";
-	if (idem_dynamodb_endpoint && idem_dynamodb_endpoint[0] != '\0')
-		endpoint = idem_dynamodb_endpoint;
-	else
-		endpoint = psprintf("https://dynamodb.%s.amazonaws.com", region);
-
-	config.endpoint = endpoint;
-	config.region = region;
-	config.access_key_id = idem_dynamodb_access_key_id[0] ? idem_dynamodb_access_key_id : getenv("AWS_ACCESS_KEY_ID");
-	config.secret_access_key = idem_dynamodb_secret_access_key[0] ? idem_dynamodb_secret_access_key : getenv("AWS_SECRET_ACCESS_KEY");
-	config.session_token = idem_dynamodb_session_token[0] ? idem_dynamodb_session_token : getenv("AWS_SESSION_TOKEN");
-	config.timeout_ms = idem_dynamodb_request_timeout;
-	config.max_connections = idem_dynamodb_parallelism;
-
-	if (config.access_key_id == NULL || config.access_key_id[0] == '\0' ||
-		config.secret_access_key == NULL || config.secret_access_key[0] == '\0')
-	{
-		IdemSyncSetLastError("no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
-							 "in the server's environment, or idem.dynamodb_access_key_id and "
-							 "idem.dynamodb_secret_access_key");
-		return NULL;
-	}
-	return IdemDynamoCreate(&config);
+	if (made == NULL)
+		IdemSyncSetLastError(problem);
+	return made;
 }
 
 /* Main function of the sync worker. */

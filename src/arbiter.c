@@ -1,0 +1,494 @@
+/*-------------------------------------------------------------------------
+ *
+ * arbiter.c
+ *		Arbiter mode: a first call claims its key in DynamoDB before it
+ *		runs, so that every PostgreSQL cluster and every Powertools Lambda
+ *		handler sharing the table runs each key once between them.
+ *
+ * With idem.arbiter = 'dynamodb', a first call that holds the local key
+ * lock sends one conditional PutItem of an INPROGRESS item, under
+ * Powertools' own claim condition, before fn runs.  The condition decides:
+ *
+ *	written		the key is ours until the lease ends: fn runs, and after
+ *				commit the sync worker turns the item COMPLETED, conditional
+ *				on our claim (sync_worker.c)
+ *	failed		one GetItem: a COMPLETED item is another party's outcome,
+ *				replayed without running fn; an INPROGRESS item is another
+ *				party running the key, waited for with backoff up to
+ *				idem.wait_timeout, then IK409
+ *
+ * Each item names its claim in pg_claim.  A claim whose transaction or
+ * savepoint rolls back is deleted at once, conditional on that name, so
+ * that another party can run the key without waiting for the lease to end.
+ * A DynamoDB fault fails the call with IK503; there is no local fallback,
+ * which would give up the guarantee between clusters.
+ *
+ * The HTTP wait sleeps on the process latch, so a cancel or a
+ * statement_timeout ends it at once; the client is then dropped, since
+ * the answer still on its way belongs to no one any more.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "access/xlog.h"
+#include "commands/dbcommands.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "storage/latch.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+
+#include "arbiter.h"
+#include "dynamodb.h"
+#include "errcodes.h"
+#include "key.h"
+#include "sync.h"
+#include "sync_format.h"
+
+/* Pause between two looks at another party's INPROGRESS item. */
+#define POLL_FIRST_MS	10
+#define POLL_MAX_MS		200
+
+int			idem_arbiter = IDEM_ARBITER_LOCAL;
+
+static const struct config_enum_entry arbiter_options[] = {
+	{"local", IDEM_ARBITER_LOCAL, false},
+	{"dynamodb", IDEM_ARBITER_DYNAMODB, false},
+	{NULL, 0, false}
+};
+
+/* A claim of this transaction: deleted if the (sub)transaction aborts. */
+typedef struct HeldClaim
+{
+	SubTransactionId subid;
+	char	   *item_id;
+	char	   *claim;
+} HeldClaim;
+
+static HeldClaim *held = NULL;
+static int	nheld = 0;
+static int	maxheld = 0;
+static MemoryContext arbiter_cxt = NULL;	/* held claims and abort work */
+static bool callbacks_registered = false;
+
+static IdemDynamoClient *client = NULL;
+static char *client_settings = NULL;	/* what client was built from */
+static char *database_name = NULL;
+
+/* Define idem.arbiter. */
+void
+IdemArbiterInit(void)
+{
+	DefineCustomEnumVariable("idem.arbiter",
+							 "Who decides which call of a key runs: this cluster alone, or DynamoDB.",
+							 "With dynamodb, a first call claims its key in idem.dynamodb_table before it runs, so that every cluster and Lambda function sharing the table runs the key once.",
+							 &idem_arbiter,
+							 IDEM_ARBITER_LOCAL, arbiter_options,
+							 PGC_SUSET, 0,
+							 NULL, NULL, NULL);
+}
+
+/* Drop the client, aborting whatever it has on the wire. */
+static void
+DropClient(void)
+{
+	if (client != NULL)
+		IdemDynamoDestroy(client);
+	client = NULL;
+}
+
+/*
+ * The settings a client is built from, as one string, so that a reload
+ * that changes any of them builds a new client.
+ */
+static char *
+ClientSettings(void)
+{
+	return psprintf("%s\n%s\n%s\n%s\n%s\n%d", idem_dynamodb_endpoint,
+					idem_dynamodb_region, idem_dynamodb_access_key_id,
+					idem_dynamodb_secret_access_key, idem_dynamodb_session_token,
+					idem_dynamodb_request_timeout);
+}
+
+/* The backend's client; NULL with *problem set when none can be built. */
+static IdemDynamoClient *
+Client(char **problem)
+{
+	char	   *settings = ClientSettings();
+
+	*problem = NULL;
+	if (client != NULL && strcmp(settings, client_settings) == 0)
+		return client;
+	DropClient();
+	if (client_settings != NULL)
+		pfree(client_settings);
+	client_settings = MemoryContextStrdup(TopMemoryContext, settings);
+	client = IdemSyncConnect(4, problem);
+	return client;
+}
+
+/* Refuse arbiter mode where its claims could not be completed. */
+static void
+RequireArbiter(text *key)
+{
+	char	   *problem = NULL;
+
+	if (!IdemSyncEnabled())
+		problem = "idem.dynamodb_table is not set.";
+	else if (!IdemSyncWorkerRegistered())
+		problem = "idem is not in shared_preload_libraries, so no sync worker runs to complete the claims.";
+	else if (Client(&problem) == NULL)
+		problem = psprintf("There are %s.", problem);
+	if (problem == NULL)
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("cannot claim idempotency key \"%s\" in DynamoDB: arbiter mode is not set up",
+					IdemKeyForMessage(key)),
+			 errdetail_internal("%s", problem),
+			 errhint("Configure the idem.dynamodb_* settings and load idem at server start, or set idem.arbiter to 'local'.")));
+}
+
+/* Report a DynamoDB fault; the call stops and nothing has run. */
+static void
+ReportFault(text *key, const char *operation, IdemDynamoResult *res)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_IDEM_ARBITER_UNAVAILABLE),
+			 errmsg("could not claim idempotency key \"%s\" in DynamoDB",
+					IdemKeyForMessage(key)),
+			 errdetail_internal("%s failed: %s", operation,
+								res->error ? res->error : "no answer"),
+			 res->status == IDEM_DYNAMO_TRANSIENT ?
+			 errhint("DynamoDB is unreachable, slow or throttling.  Nothing ran; retry the call later.") :
+			 errhint("Nothing ran.  Check the idem.dynamodb_* settings and the table, then retry the call.")));
+}
+
+/*
+ * Send one request and wait for its answer; a cancel or timeout interrupts
+ * the wait at once.
+ */
+static void
+Request(text *key, const char *operation, const char *body,
+		IdemDynamoResult *res)
+{
+	char	   *problem;
+	IdemDynamoClient *c = Client(&problem);
+
+	if (c == NULL)
+	{
+		RequireArbiter(key);
+		elog(ERROR, "no DynamoDB client: %s", problem);
+	}
+	IdemDynamoSend(c, operation, body, NULL);
+	PG_TRY();
+	{
+		while (!IdemDynamoNextResult(c, res))
+		{
+			(void) IdemDynamoWait(c, -1, PG_WAIT_EXTENSION);
+			CHECK_FOR_INTERRUPTS();
+		}
+	}
+	PG_CATCH();
+	{
+		DropClient();
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+}
+
+/*
+ * Delete the claims of subtransaction from and those below it, each only
+ * while it still holds its item, and forget them.  Runs during abort: it
+ * raises no error, and gives up after idem.dynamodb_request_timeout (the
+ * item then stays until its lease ends).
+ */
+static void
+DeleteHeldClaims(SubTransactionId from)
+{
+	MemoryContext old = MemoryContextSwitchTo(arbiter_cxt);
+	char	   *problem;
+	IdemDynamoClient *c = Client(&problem);
+	int			kept = 0;
+	int			sent = 0;
+	TimestampTz deadline;
+
+	for (int i = 0; i < nheld; i++)
+	{
+		if (held[i].subid < from)
+		{
+			held[kept++] = held[i];
+			continue;
+		}
+		if (c == NULL)
+			continue;
+		IdemDynamoSend(c, "DeleteItem",
+					   IdemSyncDeleteClaimBody(idem_dynamodb_table, held[i].item_id,
+											   held[i].claim),
+					   held[i].item_id);
+		sent++;
+	}
+	nheld = kept;
+	if (c == NULL && problem != NULL)
+		ereport(WARNING,
+				(errmsg("could not delete the DynamoDB claims of a rolled-back idempotent call"),
+				 errdetail_internal("%s", problem),
+				 errhint("Other parties can run the keys once their leases end.")));
+
+	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+										   idem_dynamodb_request_timeout);
+	while (sent > 0)
+	{
+		IdemDynamoResult res;
+		long		left;
+
+		if (IdemDynamoNextResult(c, &res))
+		{
+			sent--;
+			if (res.status != IDEM_DYNAMO_OK &&
+				res.status != IDEM_DYNAMO_CONDITION_FAILED)
+				ereport(WARNING,
+						(errmsg("could not delete the DynamoDB claim %s of a rolled-back idempotent call",
+								(char *) res.private),
+						 errdetail_internal("%s", res.error),
+						 errhint("Other parties can run the key once its lease ends.")));
+			continue;
+		}
+		left = (long) ((deadline - GetCurrentTimestamp()) / 1000);
+		if (left <= 0)
+		{
+			ereport(WARNING,
+					(errmsg("gave up deleting %d DynamoDB claims of a rolled-back idempotent call", sent),
+					 errdetail("DynamoDB did not answer within idem.dynamodb_request_timeout."),
+					 errhint("Other parties can run the keys once their leases end.")));
+			DropClient();
+			break;
+		}
+		(void) IdemDynamoWait(c, left, PG_WAIT_EXTENSION);
+	}
+	MemoryContextSwitchTo(old);
+	if (nheld == 0)
+		MemoryContextReset(arbiter_cxt);
+}
+
+/* Forget every claim: the transaction is over. */
+static void
+ForgetHeldClaims(void)
+{
+	nheld = 0;
+	if (arbiter_cxt != NULL)
+		MemoryContextReset(arbiter_cxt);
+}
+
+/*
+ * At transaction end: a commit leaves its claims to the sync worker, whose
+ * outbox rows committed with them; a rollback deletes them.
+ */
+static void
+ArbiterXactCallback(XactEvent event, void *arg)
+{
+	if (nheld == 0)
+		return;
+	switch (event)
+	{
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+			DeleteHeldClaims(InvalidSubTransactionId);
+			ForgetHeldClaims();
+			break;
+		case XACT_EVENT_PRE_PREPARE:
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("cannot PREPARE a transaction that claimed idempotency keys in DynamoDB"),
+					 errdetail("A prepared transaction could be rolled back by another session, which could not delete the claims."),
+					 errhint("Make the calls in a transaction that commits directly, or set idem.arbiter to 'local'.")));
+			break;
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+			ForgetHeldClaims();
+			break;
+		default:
+			break;
+	}
+}
+
+/* At the rollback of a savepoint: delete the claims made under it. */
+static void
+ArbiterSubXactCallback(SubXactEvent event, SubTransactionId mySubid,
+					   SubTransactionId parentSubid, void *arg)
+{
+	if (nheld > 0 && event == SUBXACT_EVENT_ABORT_SUB)
+		DeleteHeldClaims(mySubid);
+}
+
+/* Remember a claim before it is sent, so that a rollback deletes it. */
+static void
+HoldClaim(const char *item_id, const char *claim)
+{
+	if (!callbacks_registered)
+	{
+		arbiter_cxt = AllocSetContextCreate(TopMemoryContext, "idem arbiter",
+											ALLOCSET_SMALL_SIZES);
+		RegisterXactCallback(ArbiterXactCallback, NULL);
+		RegisterSubXactCallback(ArbiterSubXactCallback, NULL);
+		callbacks_registered = true;
+	}
+	if (nheld == maxheld)
+	{
+		int			newmax = Max(16, maxheld * 2);
+
+		held = held == NULL ?
+			MemoryContextAlloc(TopMemoryContext, sizeof(HeldClaim) * newmax) :
+			repalloc(held, sizeof(HeldClaim) * newmax);
+		maxheld = newmax;
+	}
+	held[nheld].subid = GetCurrentSubTransactionId();
+	held[nheld].item_id = MemoryContextStrdup(arbiter_cxt, item_id);
+	held[nheld].claim = MemoryContextStrdup(arbiter_cxt, claim);
+	nheld++;
+}
+
+/* Forget the latest claim: its PutItem wrote nothing (failed condition, never sent). */
+static void
+ReleaseLatestClaim(void)
+{
+	Assert(nheld > 0);
+	nheld--;
+}
+
+/* A new claim name: the cluster's system identifier and 64 random bits. */
+static char *
+NewClaim(void)
+{
+	uint64		r;
+
+	if (!pg_strong_random(&r, sizeof(r)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not generate a random claim name")));
+	return psprintf(UINT64_FORMAT "/%016llx", GetSystemIdentifier(),
+					(unsigned long long) r);
+}
+
+/*
+ * The claim name of a leased key's token: the cluster's system identifier
+ * and the token, so that the later states of the claim (complete, extend,
+ * release, in other transactions) name it without storing it.
+ */
+char *
+IdemArbiterLeaseClaim(int64 token)
+{
+	return psprintf(UINT64_FORMAT "/t" INT64_FORMAT, GetSystemIdentifier(),
+					token);
+}
+
+/*
+ * Claim (owner, key) in DynamoDB for a first call, or find the outcome
+ * another party recorded.  token is idem.claim's fencing token (NULL for
+ * idempotent_call); lease_end is when others may take the key over if this
+ * call never completes it.  The caller holds the local key lock, so that
+ * one call per cluster asks.
+ */
+void
+IdemArbiterClaimKey(Oid owner, text *key, const int64 *token,
+					TimestampTz lease_end, TimestampTz expires_at,
+					int wait_timeout_ms, IdemArbiterClaim *result)
+{
+	char	   *keystr = text_to_cstring(key);
+	char	   *item_id;
+	char	   *claim;
+	char	   *role = GetUserNameFromId(owner, false);
+	TimestampTz deadline;
+	int			sleep_ms = POLL_FIRST_MS;
+
+	RequireArbiter(key);
+	if (database_name == NULL)
+		database_name = MemoryContextStrdup(TopMemoryContext,
+											get_database_name(MyDatabaseId));
+	item_id = IdemSyncItemId(idem_dynamodb_key_prefix, keystr);
+	claim = token ? IdemArbiterLeaseClaim(*token) : NewClaim();
+	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), wait_timeout_ms);
+	memset(result, 0, sizeof(IdemArbiterClaim));
+
+	for (;;)
+	{
+		TimestampTz now = GetCurrentTimestamp();
+		IdemDynamoResult res;
+		IdemSyncRemote remote;
+
+		/* held before it is sent: an interrupted PutItem may still land */
+		HoldClaim(item_id, claim);
+		Request(key, "PutItem",
+				IdemSyncPutClaimItemBody(idem_dynamodb_table, item_id, claim, token,
+										 lease_end, expires_at, role,
+										 database_name, now),
+				&res);
+		if (res.status == IDEM_DYNAMO_OK)
+		{
+			result->claim = claim;
+			return;
+		}
+		if (res.status != IDEM_DYNAMO_CONDITION_FAILED)
+		{
+			if (!res.sent)
+				ReleaseLatestClaim();
+			ReportFault(key, "PutItem", &res);
+		}
+		ReleaseLatestClaim();
+
+		Request(key, "GetItem", IdemSyncGetItemBody(idem_dynamodb_table, item_id),
+				&res);
+		if (res.status != IDEM_DYNAMO_OK)
+			ReportFault(key, "GetItem", &res);
+		IdemSyncReadItem(res.body, &remote);
+		if (remote.found && remote.status != NULL &&
+			strcmp(remote.status, "COMPLETED") == 0)
+		{
+			if (remote.has_data && remote.data == NULL)
+				ereport(ERROR,
+						(errcode(ERRCODE_IDEM_KEY_MISMATCH),
+						 errmsg("idempotency key \"%s\" holds an outcome in DynamoDB that is not JSON",
+								IdemKeyForMessage(key)),
+						 errdetail("Item %s is COMPLETED, but its data holds a set or binary value.",
+								   item_id),
+						 errhint("Use another key, or replace the item's data with a JSON value.")));
+			if (remote.pg_role != NULL && strcmp(remote.pg_role, role) != 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_IDEM_KEY_MISMATCH),
+						 errmsg("idempotency key \"%s\" was recorded in DynamoDB by another role",
+								IdemKeyForMessage(key)),
+						 errdetail("Item %s holds the outcome of role \"%s\"; its outcome is not returned to role \"%s\".",
+								   item_id, remote.pg_role, role),
+						 errhint("In arbiter mode a key names one request across every cluster: give each role its own keys, or its own idem.dynamodb_key_prefix.")));
+			result->replay = true;
+			result->outcome = remote.data ? remote.data :
+				DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum("null")));
+			result->expires_at = remote.expiration;
+			return;
+		}
+
+		/* Someone runs the key (or it is gone since the PutItem: look again). */
+		if (now >= deadline)
+			ereport(ERROR,
+					(errcode(ERRCODE_IDEM_KEY_IN_USE),
+					 errmsg("idempotency key \"%s\" is in use by another cluster or Lambda function",
+							IdemKeyForMessage(key)),
+					 errdetail("DynamoDB item %s is INPROGRESS and did not complete within idem.wait_timeout (%d ms).",
+							   item_id, wait_timeout_ms),
+					 errhint("Retry the call later: once the other party completes the key, the call returns its outcome.")));
+		if (remote.found)
+		{
+			long		left = (long) ((deadline - now) / 1000) + 1;
+
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 Min(sleep_ms, left), PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+			CHECK_FOR_INTERRUPTS();
+			sleep_ms = Min(sleep_ms * 2, POLL_MAX_MS);
+		}
+	}
+}
