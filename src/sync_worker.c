@@ -56,6 +56,8 @@
 
 /* First retry delay; doubles with each attempt up to the maximum. */
 #define RETRY_BASE_DELAY_MS 100
+/* The longest retry delay of an arbiter claim's states (RetryDelayMs). */
+#define ARBITER_RETRY_MAX_DELAY_MS 1000.0
 
 typedef enum JobPhase
 {
@@ -137,13 +139,20 @@ DropJob(SyncJob *job)
 	MemoryContextDelete(job->cxt);
 }
 
-/* Exponential backoff with jitter: half fixed, half random. */
+/*
+ * Exponential backoff with jitter: half fixed, half random.  A state of an
+ * arbiter claim backs off at most ARBITER_RETRY_MAX_DELAY_MS: until it lands,
+ * the claim's lease is all that keeps other parties from running the key, so
+ * it goes out again soon after DynamoDB is back.
+ */
 static double
-RetryDelayMs(int attempts)
+RetryDelayMs(int attempts, bool arbiter)
 {
 	double		d = RETRY_BASE_DELAY_MS * pow(2.0, Min(attempts, 30));
 
 	d = Min(d, (double) idem_dynamodb_retry_max_delay);
+	if (arbiter)
+		d = Min(d, ARBITER_RETRY_MAX_DELAY_MS);
 	return d / 2 + pg_prng_double(&pg_global_prng_state) * d / 2;
 }
 
@@ -158,7 +167,8 @@ AddVerdict(SyncJob *job, IdemOutboxVerdictKind kind, const char *error,
 	v->id = job->id;
 	v->kind = kind;
 	/* Count this attempt, as the row's attempts will once this is written. */
-	v->retry_delay_ms = kind == IDEM_OUTBOX_RETRY ? RetryDelayMs(job->attempts + 1) : 0;
+	v->retry_delay_ms = kind == IDEM_OUTBOX_RETRY ?
+		RetryDelayMs(job->attempts + 1, job->arbiter_claim != NULL) : 0;
 	v->error = error ? pstrdup(error) : NULL;
 	v->remote = NULL;
 	if (remote)

@@ -114,7 +114,7 @@ is($b->safe_psql('postgres', q{SELECT count(*) FROM idem.sync_outbox WHERE key =
 	'b queued nothing for a key it replayed from DynamoDB');
 
 # --- another role's outcome is not handed out
-$b->safe_psql('postgres', q{CREATE ROLE other LOGIN; GRANT INSERT ON public.ran TO other});
+$b->safe_psql('postgres', q{CREATE ROLE other LOGIN; GRANT INSERT ON public.ran TO other; GRANT USAGE ON SCHEMA idem TO other});
 ($ret, $out, $err) = $b->psql('postgres', "SET ROLE other;\n\\set VERBOSITY verbose\n" . call_sql('k1'));
 like($err, qr/IK422.*recorded in DynamoDB by another role/s, "another role gets IK422, not postgres's outcome");
 like($err, qr/DETAIL:.*role "postgres"/, 'the detail names the role that recorded it');
