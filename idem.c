@@ -101,7 +101,7 @@ _PG_init(void)
 							PGC_USERSET, 0,
 							NULL, NULL, NULL);
 	DefineCustomIntVariable("idem.lease",
-							"Lease of idem.claim when the call gives none.",
+							"Lease of idem.claim when the call gives none, and of an idempotent_call's DynamoDB claim in arbiter mode.",
 							"Once a holder's lease ends without idem.complete or idem.release, the next claim takes the key over.",
 							&idem_lease,
 							30000, 1, (int) (IDEM_MAX_LEASE_USECS / 1000),

@@ -67,6 +67,8 @@ typedef struct HeldClaim
 	SubTransactionId subid;
 	char	   *item_id;
 	char	   *claim;
+	char	   *key;			/* for messages */
+	TimestampTz lease_end;		/* others may take the key over from then */
 } HeldClaim;
 
 static HeldClaim *held = NULL;
@@ -285,6 +287,30 @@ ForgetHeldClaims(void)
 }
 
 /*
+ * Before commit: a claim whose lease has lapsed may have been taken over by
+ * another party, which then runs the key too; roll back rather than commit
+ * a second outcome.
+ */
+static void
+RefuseLapsedClaims(void)
+{
+	TimestampTz now = GetCurrentTimestamp();
+
+	for (int i = 0; i < nheld; i++)
+	{
+		if (held[i].lease_end > now)
+			continue;
+		ereport(ERROR,
+				(errcode(ERRCODE_IDEM_STALE_TOKEN),
+				 errmsg("the DynamoDB claim of idempotency key \"%s\" lapsed before commit",
+						held[i].key),
+				 errdetail("The claim's lease ended at %s, so another cluster or Lambda function may run the key; this transaction is rolled back.",
+						   timestamptz_to_str(held[i].lease_end)),
+				 errhint("Set idem.lease longer than the function runs, then retry the call.")));
+	}
+}
+
+/*
  * At transaction end: a commit leaves its claims to the sync worker, whose
  * outbox rows committed with them; a rollback deletes them.
  */
@@ -299,6 +325,9 @@ ArbiterXactCallback(XactEvent event, void *arg)
 		case XACT_EVENT_PARALLEL_ABORT:
 			DeleteHeldClaims(InvalidSubTransactionId);
 			ForgetHeldClaims();
+			break;
+		case XACT_EVENT_PRE_COMMIT:
+			RefuseLapsedClaims();
 			break;
 		case XACT_EVENT_PRE_PREPARE:
 			ereport(ERROR,
@@ -327,7 +356,8 @@ ArbiterSubXactCallback(SubXactEvent event, SubTransactionId mySubid,
 
 /* Remember a claim before it is sent, so that a rollback deletes it. */
 static void
-HoldClaim(const char *item_id, const char *claim)
+HoldClaim(const char *item_id, const char *claim, text *key,
+		  TimestampTz lease_end)
 {
 	if (!callbacks_registered)
 	{
@@ -349,6 +379,8 @@ HoldClaim(const char *item_id, const char *claim)
 	held[nheld].subid = GetCurrentSubTransactionId();
 	held[nheld].item_id = MemoryContextStrdup(arbiter_cxt, item_id);
 	held[nheld].claim = MemoryContextStrdup(arbiter_cxt, claim);
+	held[nheld].key = MemoryContextStrdup(arbiter_cxt, IdemKeyForMessage(key));
+	held[nheld].lease_end = lease_end;
 	nheld++;
 }
 
@@ -421,7 +453,7 @@ IdemArbiterClaimKey(Oid owner, text *key, const int64 *token,
 		IdemSyncRemote remote;
 
 		/* held before it is sent: an interrupted PutItem may still land */
-		HoldClaim(item_id, claim);
+		HoldClaim(item_id, claim, key, lease_end);
 		Request(key, "PutItem",
 				IdemSyncPutClaimItemBody(idem_dynamodb_table, item_id, claim, token,
 										 lease_end, expires_at, role,

@@ -179,6 +179,14 @@ for my $k ('k-rb', 'k-fail', 'k-sp')
 	is(ran($b, $k), '1', "b ran $k");
 }
 
+# --- a call whose fn runs past its lease is rolled back at commit
+($ret, $out, $err) = $a->psql('postgres', "\\set VERBOSITY verbose\nSET idem.lease = '1s';\n" .
+	call_sql('k-long', ', "sleep": 1.5'));
+like($err, qr/IK412.*DynamoDB claim of idempotency key "k-long" lapsed before commit/s,
+	'a call that outran its lease fails with IK412');
+is(ran($a, 'k-long'), '0', 'and its work is rolled back');
+is_deeply(item_of('k-long'), {}, 'and its claim is deleted');
+
 # --- a backend killed mid-fn holds the key until its lease lapses
 my $victim = IPC::Run::start([ 'psql', '-X', '-qAt', '-d', $a->connstr('postgres'), '-c',
 	call_sql('k-kill', ', "sleep": 600') ],
