@@ -277,13 +277,31 @@ AppendItemStart(StringInfo buf, const char *table, const char *id,
 }
 
 /*
- * Close an Item and append Powertools' claim condition with its names and
- * values, the names and values of pg_claim too when claim is not NULL
- * (for a condition that names it), and close the body.
+ * Append the attributes of a claim's state that are set: the end of its
+ * in-progress lock, and the fencing token with the state's version.
+ */
+static void
+AppendStateAttributes(StringInfo buf, const TimestampTz *in_progress_expiration,
+					  const int64 *token, int64 version)
+{
+	if (in_progress_expiration != NULL)
+		appendStringInfo(buf, ",\"in_progress_expiration\":{\"N\":\"" INT64_FORMAT "\"}",
+						 UnixEpoch(*in_progress_expiration, 1000));
+	if (token != NULL)
+		appendStringInfo(buf, ",\"pg_token\":{\"N\":\"" INT64_FORMAT "\"}"
+						 ",\"pg_version\":{\"N\":\"" INT64_FORMAT "\"}",
+						 *token, version);
+}
+
+/*
+ * Close an Item and append a condition built on Powertools' claim condition
+ * with its names and values; also those of pg_claim when claim is not NULL
+ * and of pg_version when version is not NULL (for a condition that names
+ * them), and close the body.
  */
 static void
 AppendClaimCondition(StringInfo buf, const char *condition, const char *claim,
-					 TimestampTz now)
+					 const int64 *version, TimestampTz now)
 {
 	appendStringInfo(buf, "},\"ConditionExpression\":\"%s\"", condition);
 	appendStringInfoString(buf, ",\"ExpressionAttributeNames\":{\"#id\":\"id\","
@@ -291,10 +309,14 @@ AppendClaimCondition(StringInfo buf, const char *condition, const char *claim,
 						   "\"#in_progress_expiration\":\"in_progress_expiration\"");
 	if (claim != NULL)
 		appendStringInfoString(buf, ",\"#pg_claim\":\"pg_claim\"");
+	if (version != NULL)
+		appendStringInfoString(buf, ",\"#pg_version\":\"pg_version\"");
 	appendStringInfo(buf, "},\"ExpressionAttributeValues\":{\":now\":{\"N\":\"" INT64_FORMAT "\"},"
 					 "\":now_ms\":{\"N\":\"" INT64_FORMAT "\"},"
 					 "\":inprogress\":{\"S\":\"INPROGRESS\"}",
 					 UnixEpoch(now, 1), UnixEpoch(now, 1000));
+	if (version != NULL)
+		appendStringInfo(buf, ",\":pg_version\":{\"N\":\"" INT64_FORMAT "\"}", *version);
 	if (claim != NULL)
 	{
 		appendStringInfoString(buf, ",\":pg_claim\":{\"S\":");
@@ -318,7 +340,7 @@ IdemSyncPutItemBody(const char *table, const char *id, Jsonb *outcome,
 	initStringInfo(&buf);
 	AppendItemStart(&buf, table, id, "COMPLETED", outcome, expires_at, role,
 					database);
-	AppendClaimCondition(&buf, CLAIM_CONDITION, NULL, now);
+	AppendClaimCondition(&buf, CLAIM_CONDITION, NULL, NULL, now);
 	return buf.data;
 }
 
@@ -349,13 +371,9 @@ IdemSyncPutClaimItemBody(const char *table, const char *id, const char *claim,
 	initStringInfo(&buf);
 	AppendItemStart(&buf, table, id, "INPROGRESS", NULL, expires_at, role,
 					database);
-	appendStringInfo(&buf, ",\"in_progress_expiration\":{\"N\":\"" INT64_FORMAT "\"}",
-					 UnixEpoch(in_progress_expiration, 1000));
-	if (token != NULL)
-		appendStringInfo(&buf, ",\"pg_token\":{\"N\":\"" INT64_FORMAT "\"}"
-						 ",\"pg_version\":{\"N\":\"0\"}", *token);
+	AppendStateAttributes(&buf, &in_progress_expiration, token, 0);
 	AppendClaimAttribute(&buf, claim);
-	AppendClaimCondition(&buf, CLAIM_CONDITION, NULL, now);
+	AppendClaimCondition(&buf, CLAIM_CONDITION, NULL, NULL, now);
 	return buf.data;
 }
 
@@ -378,33 +396,11 @@ IdemSyncPutArbiterItemBody(const char *table, const char *id, const char *claim,
 	initStringInfo(&buf);
 	AppendItemStart(&buf, table, id, in_progress ? "INPROGRESS" : "COMPLETED",
 					outcome, expires_at, role, database);
-	if (in_progress)
-		appendStringInfo(&buf, ",\"in_progress_expiration\":{\"N\":\"" INT64_FORMAT "\"}",
-						 UnixEpoch(lease->in_progress_expiration, 1000));
-	if (lease != NULL)
-		appendStringInfo(&buf, ",\"pg_token\":{\"N\":\"" INT64_FORMAT "\"}"
-						 ",\"pg_version\":{\"N\":\"" INT64_FORMAT "\"}",
-						 lease->token, lease->version);
+	AppendStateAttributes(&buf, in_progress ? &lease->in_progress_expiration : NULL,
+						  lease ? &lease->token : NULL, lease ? lease->version : 0);
 	AppendClaimAttribute(&buf, claim);
-	if (lease == NULL)
-	{
-		AppendClaimCondition(&buf, ARBITER_CONDITION, claim, now);
-		return buf.data;
-	}
-	/* the lease condition also names pg_version: splice it in */
-	appendStringInfoString(&buf, "},\"ConditionExpression\":\"" ARBITER_LEASE_CONDITION "\"");
-	appendStringInfoString(&buf, ",\"ExpressionAttributeNames\":{\"#id\":\"id\","
-						   "\"#expiration\":\"expiration\",\"#status\":\"status\","
-						   "\"#in_progress_expiration\":\"in_progress_expiration\","
-						   "\"#pg_claim\":\"pg_claim\",\"#pg_version\":\"pg_version\"}");
-	appendStringInfo(&buf, ",\"ExpressionAttributeValues\":{\":now\":{\"N\":\"" INT64_FORMAT "\"},"
-					 "\":now_ms\":{\"N\":\"" INT64_FORMAT "\"},"
-					 "\":inprogress\":{\"S\":\"INPROGRESS\"},"
-					 "\":pg_version\":{\"N\":\"" INT64_FORMAT "\"},"
-					 "\":pg_claim\":{\"S\":",
-					 UnixEpoch(now, 1), UnixEpoch(now, 1000), lease->version);
-	escape_json(&buf, claim);
-	appendStringInfoString(&buf, "}}}");
+	AppendClaimCondition(&buf, lease ? ARBITER_LEASE_CONDITION : ARBITER_CONDITION,
+						 claim, lease ? &lease->version : NULL, now);
 	return buf.data;
 }
 
@@ -447,12 +443,8 @@ IdemSyncPutLeaseItemBody(const char *table, const char *id,
 	AppendItemStart(&buf, table, id,
 					lease->in_progress ? "INPROGRESS" : "COMPLETED",
 					outcome, expires_at, role, database);
-	if (lease->in_progress)
-		appendStringInfo(&buf, ",\"in_progress_expiration\":{\"N\":\"" INT64_FORMAT "\"}",
-						 UnixEpoch(lease->in_progress_expiration, 1000));
-	appendStringInfo(&buf, ",\"pg_token\":{\"N\":\"" INT64_FORMAT "\"}"
-					 ",\"pg_version\":{\"N\":\"" INT64_FORMAT "\"}",
-					 lease->token, lease->version);
+	AppendStateAttributes(&buf, lease->in_progress ? &lease->in_progress_expiration : NULL,
+						  &lease->token, lease->version);
 	appendStringInfoString(&buf, "},\"ConditionExpression\":\"" LEASE_CONDITION "\"");
 	appendStringInfoString(&buf, ",\"ExpressionAttributeNames\":{\"#id\":\"id\","
 						   "\"#expiration\":\"expiration\",\"#status\":\"status\","
