@@ -392,9 +392,22 @@ ReleaseLatestClaim(void)
 	nheld--;
 }
 
-/* A new claim name: the cluster's system identifier and 64 random bits. */
+/*
+ * The start of the claim names of idempotent_call for owner in this
+ * database of this running server: the system identifier, the server's
+ * start (a copy of the cluster shares the identifier, never the start), the
+ * database and the role.
+ */
 static char *
-NewClaim(void)
+CallClaimPrefix(Oid owner)
+{
+	return psprintf(UINT64_FORMAT "/" INT64_FORMAT "/%u/%u/", GetSystemIdentifier(),
+					(int64) PgStartTime, MyDatabaseId, owner);
+}
+
+/* A new claim name of idempotent_call: CallClaimPrefix and 64 random bits. */
+static char *
+NewClaim(Oid owner)
 {
 	uint64		r;
 
@@ -402,8 +415,26 @@ NewClaim(void)
 		ereport(ERROR,
 				(errcode(ERRCODE_INTERNAL_ERROR),
 				 errmsg("could not generate a random claim name")));
-	return psprintf(UINT64_FORMAT "/%016llx", GetSystemIdentifier(),
-					(unsigned long long) r);
+	return psprintf("%s%016llx", CallClaimPrefix(owner), (unsigned long long) r);
+}
+
+/*
+ * Whether an INPROGRESS item is the orphan of an idempotent_call of (owner,
+ * key) on this server that did not commit: a claim whose DeleteItem failed,
+ * a PutItem that landed after its call was cancelled, or a backend that was
+ * killed.  The caller holds the key lock of (owner, key) and found no
+ * record of it, so no transaction here runs the key: the claim is dead, and
+ * waiting for its lease would gain nothing.
+ */
+static bool
+IsOwnOrphan(const IdemSyncRemote *remote, Oid owner)
+{
+	char	   *prefix;
+
+	if (remote->pg_claim == NULL || remote->leased)
+		return false;
+	prefix = CallClaimPrefix(owner);
+	return strncmp(remote->pg_claim, prefix, strlen(prefix)) == 0;
 }
 
 /*
@@ -436,13 +467,14 @@ IdemArbiterClaimKey(Oid owner, text *key, const int64 *token,
 	char	   *role = GetUserNameFromId(owner, false);
 	TimestampTz deadline;
 	int			sleep_ms = POLL_FIRST_MS;
+	char	   *orphan = NULL;	/* an orphaned claim of ours to replace */
 
 	RequireArbiter(key);
 	if (database_name == NULL)
 		database_name = MemoryContextStrdup(TopMemoryContext,
 											get_database_name(MyDatabaseId));
 	item_id = IdemSyncItemId(idem_dynamodb_key_prefix, keystr);
-	claim = token ? IdemArbiterLeaseClaim(*token) : NewClaim();
+	claim = token ? IdemArbiterLeaseClaim(*token) : NewClaim(owner);
 	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), wait_timeout_ms);
 	memset(result, 0, sizeof(IdemArbiterClaim));
 
@@ -455,8 +487,8 @@ IdemArbiterClaimKey(Oid owner, text *key, const int64 *token,
 		/* held before it is sent: an interrupted PutItem may still land */
 		HoldClaim(item_id, claim, key, lease_end);
 		Request(key, "PutItem",
-				IdemSyncPutClaimItemBody(idem_dynamodb_table, item_id, claim, token,
-										 lease_end, expires_at, role,
+				IdemSyncPutClaimItemBody(idem_dynamodb_table, item_id, claim, orphan,
+										 token, lease_end, expires_at, role,
 										 database_name, now),
 				&res);
 		if (res.status == IDEM_DYNAMO_OK)
@@ -501,6 +533,14 @@ IdemArbiterClaimKey(Oid owner, text *key, const int64 *token,
 				DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum("null")));
 			result->expires_at = remote.expiration;
 			return;
+		}
+
+		/* Nobody runs the key if the item is a dead claim of ours: replace it. */
+		if (token == NULL && remote.found && IsOwnOrphan(&remote, owner) &&
+			(orphan == NULL || strcmp(orphan, remote.pg_claim) != 0))
+		{
+			orphan = remote.pg_claim;
+			continue;
 		}
 
 		/* Someone runs the key (or it is gone since the PutItem: look again). */

@@ -357,12 +357,14 @@ AppendClaimAttribute(StringInfo buf, const char *claim)
  * Build the body of the conditional PutItem with which arbiter mode claims
  * a key before its call runs: an INPROGRESS item, written only where
  * Powertools itself could claim, holding the claim until
- * in_progress_expiration.  token is the fencing token of idem.claim, NULL
- * for idempotent_call; a leased key's claim is version 0 of its states.
+ * in_progress_expiration; or, if replaces is not NULL, also over the item
+ * of that dead claim.  token is the fencing token of idem.claim, NULL for
+ * idempotent_call; a leased key's claim is version 0 of its states.
  */
 char *
 IdemSyncPutClaimItemBody(const char *table, const char *id, const char *claim,
-						 const int64 *token, TimestampTz in_progress_expiration,
+						 const char *replaces, const int64 *token,
+						 TimestampTz in_progress_expiration,
 						 TimestampTz expires_at, const char *role,
 						 const char *database, TimestampTz now)
 {
@@ -373,7 +375,10 @@ IdemSyncPutClaimItemBody(const char *table, const char *id, const char *claim,
 					database);
 	AppendStateAttributes(&buf, &in_progress_expiration, token, 0);
 	AppendClaimAttribute(&buf, claim);
-	AppendClaimCondition(&buf, CLAIM_CONDITION, NULL, NULL, now);
+	if (replaces != NULL)
+		AppendClaimCondition(&buf, ARBITER_CONDITION, replaces, NULL, now);
+	else
+		AppendClaimCondition(&buf, CLAIM_CONDITION, NULL, NULL, now);
 	return buf.data;
 }
 

@@ -211,6 +211,22 @@ is($ret, 0, 'b runs the key once the lease lapses') or diag($err);
 cmp_ok(Time::HiRes::time() * 1000, '>=', $lease_end_ms, 'not before the lease ended');
 is(ran($b, 'k-kill'), '1', 'b ran it');
 
+# --- the cluster of a killed backend takes its dead claim over at once
+$victim = IPC::Run::start([ 'psql', '-X', '-qAt', '-d', $a->connstr('postgres'), '-c',
+	call_sql('k-kill2', ', "sleep": 600') ],
+	'>', \$sout, '2>', \$serr);
+$a->poll_query_until('postgres', q{SELECT count(*) = 1 FROM pg_stat_activity WHERE wait_event = 'PgSleep'})
+  or die 'the second victim never started';
+$lease_end_ms = item_of('k-kill2')->{in_progress_expiration}{N};
+$pid = $a->safe_psql('postgres', q{SELECT pid FROM pg_stat_activity WHERE wait_event = 'PgSleep'});
+kill 'KILL', $pid;
+eval { $victim->finish };
+$a->poll_query_until('postgres', 'SELECT true') or die 'a did not recover';
+($ret, $out, $err) = call($a, 'k-kill2');
+is($ret, 0, "a runs the key of its killed backend") or diag($err);
+cmp_ok(Time::HiRes::time() * 1000, '<', $lease_end_ms, "before the dead claim's lease ends");
+is(ran($a, 'k-kill2'), '1', 'once: the killed run left nothing');
+
 # --- the lease API claims in DynamoDB too
 ($ret, $out, $err) = $a->psql('postgres', q{SELECT state, token FROM idem.claim('job-1', '{"n": 1}', '30 s')});
 my ($state, $token) = split /\|/, $out;

@@ -33,7 +33,9 @@ our $TABLE = 'idem_test';
 my @children;
 my $json = JSON::PP->new->canonical->allow_nonref;
 
-# Start dynalite and the proxy; options: session_token.
+# Start dynalite and the proxy; options: session_token, dynalite_path (a
+# directory for a LevelDB store that survives restart_dynalite; in memory
+# without it).
 sub new
 {
 	my ($class, %opts) = @_;
@@ -44,12 +46,34 @@ sub new
 	$self->{control_port} = PostgreSQL::Test::Cluster::get_free_port();
 	$self->{log} = "$PostgreSQL::Test::Utils::tmp_check/dynamo_$self->{proxy_port}.log";
 
-	$self->{dl_pid} = spawn($self->{log}, 'node', 'node_modules/dynalite/cli.js',
-		'--host', '127.0.0.1', '--port', $self->{dl_port}, '--createTableMs', '0');
-	wait_port($self->{dl_port});
+	$self->start_dynalite;
 	$self->start_proxy;
 	$self->dyn('create-table', $TABLE);
 	return $self;
+}
+
+# Start dynalite on its port, on disk when dynalite_path was given.
+sub start_dynalite
+{
+	my ($self) = @_;
+	my @cmd = ('node', 'node_modules/dynalite/cli.js',
+		'--host', '127.0.0.1', '--port', $self->{dl_port}, '--createTableMs', '0');
+	push @cmd, '--path', $self->{dynalite_path} if $self->{dynalite_path};
+	$self->{dl_pid} = spawn($self->{log}, @cmd);
+	wait_port($self->{dl_port});
+}
+
+# Kill dynalite with SIGKILL and start it again on the same port, after
+# down_secs (default 0) without it; the table survives only with
+# dynalite_path.
+sub restart_dynalite
+{
+	my ($self, $down_secs) = @_;
+	kill 'KILL', $self->{dl_pid};
+	waitpid($self->{dl_pid}, 0);
+	delete $self->{dl_pid};
+	Time::HiRes::sleep($down_secs) if $down_secs;
+	$self->start_dynalite;
 }
 
 # Fork and exec a command in the harness directory; returns its pid.
