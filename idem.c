@@ -198,7 +198,7 @@ ClaimInDynamoDB(Oid owner, text *key, IdemArbiterClaim *arbiter)
 	TimestampTz now = GetCurrentTimestamp();
 
 	IdemArbiterClaimKey(owner, key, NULL,
-						TimestampTzPlusMilliseconds(now, idem_lease),
+						(int64) idem_lease * 1000,
 						now + (TimestampTz) idem_ttl * USECS_PER_SEC,
 						idem_wait_timeout, arbiter);
 }

@@ -452,13 +452,16 @@ IdemArbiterLeaseClaim(int64 token)
 /*
  * Claim (owner, key) in DynamoDB for a first call, or find the outcome
  * another party recorded.  token is idem.claim's fencing token (NULL for
- * idempotent_call); lease_end is when others may take the key over if this
- * call never completes it.  The caller holds the local key lock, so that
- * one call per cluster asks.
+ * idempotent_call); others may take the key over lease_usecs after the
+ * PutItem that wins it if this call never completes it.  The lease counts
+ * from that PutItem, not from the call: a call may wait longer than a lease
+ * for another party before it wins the key.  result->lease_end tells when
+ * it ends.  The caller holds the local key lock, so that one call per
+ * cluster asks.
  */
 void
 IdemArbiterClaimKey(Oid owner, text *key, const int64 *token,
-					TimestampTz lease_end, TimestampTz expires_at,
+					int64 lease_usecs, TimestampTz expires_at,
 					int wait_timeout_ms, IdemArbiterClaim *result)
 {
 	char	   *keystr = text_to_cstring(key);
@@ -481,6 +484,7 @@ IdemArbiterClaimKey(Oid owner, text *key, const int64 *token,
 	for (;;)
 	{
 		TimestampTz now = GetCurrentTimestamp();
+		TimestampTz lease_end = now + lease_usecs;
 		IdemDynamoResult res;
 		IdemSyncRemote remote;
 
@@ -488,12 +492,13 @@ IdemArbiterClaimKey(Oid owner, text *key, const int64 *token,
 		HoldClaim(item_id, claim, key, lease_end);
 		Request(key, "PutItem",
 				IdemSyncPutClaimItemBody(idem_dynamodb_table, item_id, claim, orphan,
-										 token, lease_end, expires_at, role,
+										 token, lease_end, Max(expires_at, lease_end), role,
 										 database_name, now),
 				&res);
 		if (res.status == IDEM_DYNAMO_OK)
 		{
 			result->claim = claim;
+			result->lease_end = lease_end;
 			return;
 		}
 		if (res.status != IDEM_DYNAMO_CONDITION_FAILED)

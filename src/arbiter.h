@@ -31,11 +31,12 @@ typedef struct IdemArbiterClaim
 	char	   *claim;			/* !replay: our claim, for the outbox row */
 	Jsonb	   *outcome;		/* replay: that outcome */
 	TimestampTz expires_at;		/* replay: when the item expires; 0 unknown */
+	TimestampTz lease_end;		/* !replay: when our claim's lease ends */
 } IdemArbiterClaim;
 
 extern void IdemArbiterInit(void);
 extern void IdemArbiterClaimKey(Oid owner, text *key, const int64 *token,
-								TimestampTz lease_end, TimestampTz expires_at,
+								int64 lease_usecs, TimestampTz expires_at,
 								int wait_timeout_ms, IdemArbiterClaim *result);
 extern char *IdemArbiterLeaseClaim(int64 token);
 

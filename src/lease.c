@@ -280,20 +280,26 @@ ArbiterClaimOf(int64 token)
 }
 
 /*
- * Arbiter mode: claim the key in DynamoDB for the lease in record, or take
- * the outcome another party recorded into record as completed by its
- * token.  Returns true for the latter.
+ * Arbiter mode: claim the key in DynamoDB for lease_usecs, or take the
+ * outcome another party recorded into record as completed by its token.
+ * Returns true for the latter.  A won claim's lease counts from the PutItem
+ * that won it, which comes after now when another party held the key: the
+ * record's lease end moves with it.
  */
 static bool
 ClaimInDynamoDB(Oid owner, text *key, IdemRecord *record, TimestampTz now,
-				int wait_timeout_ms)
+				int64 lease_usecs, int wait_timeout_ms)
 {
 	IdemArbiterClaim arbiter;
 
-	IdemArbiterClaimKey(owner, key, &record->token, record->lease_expires_at,
+	IdemArbiterClaimKey(owner, key, &record->token, lease_usecs,
 						record->expires_at, wait_timeout_ms, &arbiter);
 	if (!arbiter.replay)
+	{
+		record->lease_expires_at = arbiter.lease_end;
+		record->expires_at = Max(record->expires_at, arbiter.lease_end);
 		return false;
+	}
 	record->outcome = arbiter.outcome;
 	record->lease_expires_at = now;
 	if (arbiter.expires_at != 0)
@@ -370,7 +376,7 @@ IdemLeaseClaim(Oid owner, text *key, Jsonb *request, int64 lease_usecs,
 	record.outcome = NULL;
 	IdemKeyTableEndProbes(&call.table);
 	if (idem_arbiter == IDEM_ARBITER_DYNAMODB)
-		replay = ClaimInDynamoDB(owner, key, &record, now,
+		replay = ClaimInDynamoDB(owner, key, &record, now, lease_usecs,
 								 settings->wait_timeout_ms);
 	if (probe->state == IDEM_RECORD_CLAIMED)
 	{

@@ -35,7 +35,35 @@
 #include "sync.h"
 #include "sync_outbox.h"
 
+/*
+ * The outbox's statements, prepared once per process: the sync worker runs
+ * them for every batch, and parsing and planning them each time cost more
+ * CPU than the deliveries themselves.
+ */
 static SPIPlanPtr insert_plan = NULL;
+static SPIPlanPtr fetch_plan = NULL;
+static SPIPlanPtr next_due_plan = NULL;
+static SPIPlanPtr retry_plan = NULL;
+static SPIPlanPtr failed_plan = NULL;
+static SPIPlanPtr conflict_plan = NULL;
+static SPIPlanPtr delivered_plan = NULL;
+
+/* The statement sql, prepared and kept in *plan the first time. */
+static SPIPlanPtr
+KeptPlan(SPIPlanPtr *plan, const char *sql, int nargs, Oid *argtypes)
+{
+	if (*plan == NULL)
+	{
+		SPIPlanPtr	made = SPI_prepare(sql, nargs, argtypes);
+
+		if (made == NULL)
+			elog(ERROR, "could not prepare \"%s\": %s", sql,
+				 SPI_result_code_string(SPI_result));
+		SPI_keepplan(made);
+		*plan = made;
+	}
+	return *plan;
+}
 
 /* Find idem.sync_outbox and its owner. */
 static Oid
@@ -66,6 +94,8 @@ OutboxInsert(Oid owner, text *key, Jsonb *outcome, TimestampTz expires_at,
 	int			save_sec_context;
 	Datum		values[9];
 	char		nulls[9] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	Oid			insert_argtypes[9] = {OIDOID, TEXTOID, TEXTOID, JSONBOID,
+	TIMESTAMPTZOID, INT8OID, TEXTOID, TIMESTAMPTZOID, TEXTOID};
 	int			ret;
 
 	/* The caller has no right on the outbox: write it as its owner. */
@@ -76,23 +106,6 @@ OutboxInsert(Oid owner, text *key, Jsonb *outcome, TimestampTz expires_at,
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (insert_plan == NULL)
-	{
-		Oid			argtypes[9] = {OIDOID, TEXTOID, TEXTOID, JSONBOID,
-		TIMESTAMPTZOID, INT8OID, TEXTOID, TIMESTAMPTZOID, TEXTOID};
-		SPIPlanPtr	plan;
-
-		plan = SPI_prepare("INSERT INTO idem.sync_outbox "
-						   "(owner, key, key_prefix, outcome, expires_at, "
-						   " token, status, in_progress_expiration, arbiter_claim) "
-						   "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-						   9, argtypes);
-		if (plan == NULL)
-			elog(ERROR, "could not prepare the outbox insert: %s",
-				 SPI_result_code_string(SPI_result));
-		SPI_keepplan(plan);
-		insert_plan = plan;
-	}
 	values[0] = ObjectIdGetDatum(owner);
 	values[1] = PointerGetDatum(key);
 	values[2] = CStringGetTextDatum(idem_dynamodb_key_prefix ? idem_dynamodb_key_prefix : "");
@@ -107,7 +120,13 @@ OutboxInsert(Oid owner, text *key, Jsonb *outcome, TimestampTz expires_at,
 	nulls[7] = in_progress_expiration ? ' ' : 'n';
 	values[8] = arbiter_claim ? CStringGetTextDatum(arbiter_claim) : (Datum) 0;
 	nulls[8] = arbiter_claim ? ' ' : 'n';
-	ret = SPI_execute_plan(insert_plan, values, nulls, false, 0);
+	ret = SPI_execute_plan(KeptPlan(&insert_plan,
+									"INSERT INTO idem.sync_outbox "
+									"(owner, key, key_prefix, outcome, expires_at, "
+									" token, status, in_progress_expiration, arbiter_claim) "
+									"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+									9, insert_argtypes),
+						   values, nulls, false, 0);
 	if (ret != SPI_OK_INSERT)
 		elog(ERROR, "could not queue an outcome for DynamoDB: %s",
 			 SPI_result_code_string(ret));
@@ -196,17 +215,19 @@ IdemOutboxFetchDue(const int64 *skip, int nskip, int limit,
 
 	args[0] = IdArray(skip, nskip);
 	args[1] = Int32GetDatum(limit);
-	ret = SPI_execute_with_args("SELECT o.id, o.attempts, o.key_prefix, o.key, o.outcome, "
-								"  o.expires_at, "
-								"  pg_catalog.pg_get_userbyid(o.owner)::text, "
-								"  o.token, o.status = 'INPROGRESS', o.in_progress_expiration, "
-								"  o.arbiter_claim "
-								"FROM idem.sync_outbox o "
-								"WHERE o.state = 'pending' "
-								"  AND o.next_attempt_at <= pg_catalog.clock_timestamp() "
-								"  AND o.id <> ALL ($1) "
-								"ORDER BY o.next_attempt_at, o.id LIMIT $2",
-								2, argtypes, args, NULL, true, 0);
+	ret = SPI_execute_plan(KeptPlan(&fetch_plan,
+									"SELECT o.id, o.attempts, o.key_prefix, o.key, o.outcome, "
+									"  o.expires_at, "
+									"  pg_catalog.pg_get_userbyid(o.owner)::text, "
+									"  o.token, o.status = 'INPROGRESS', o.in_progress_expiration, "
+									"  o.arbiter_claim "
+									"FROM idem.sync_outbox o "
+									"WHERE o.state = 'pending' "
+									"  AND o.next_attempt_at <= pg_catalog.clock_timestamp() "
+									"  AND o.id <> ALL ($1) "
+									"ORDER BY o.next_attempt_at, o.id LIMIT $2",
+									2, argtypes),
+						   args, NULL, true, 0);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "could not read idem.sync_outbox: %s", SPI_result_code_string(ret));
 	got = SPI_processed;
@@ -252,10 +273,12 @@ IdemOutboxNextDue(const int64 *skip, int nskip)
 	int			ret;
 
 	args[0] = IdArray(skip, nskip);
-	ret = SPI_execute_with_args("SELECT pg_catalog.min(o.next_attempt_at) "
-								"FROM idem.sync_outbox o "
-								"WHERE o.state = 'pending' AND o.id <> ALL ($1)",
-								1, argtypes, args, NULL, true, 0);
+	ret = SPI_execute_plan(KeptPlan(&next_due_plan,
+									"SELECT pg_catalog.min(o.next_attempt_at) "
+									"FROM idem.sync_outbox o "
+									"WHERE o.state = 'pending' AND o.id <> ALL ($1)",
+									1, argtypes),
+						   args, NULL, true, 0);
 	if (ret == SPI_OK_SELECT && SPI_processed == 1)
 	{
 		bool		isnull;
@@ -281,7 +304,7 @@ IdemOutboxRecordVerdicts(const IdemOutboxVerdict *verdicts, int nverdicts)
 		const IdemOutboxVerdict *v = &verdicts[i];
 		Datum		args[4];
 		char		nulls[4] = {' ', ' ', ' ', ' '};
-		const char *sql = NULL;
+		SPIPlanPtr	plan = NULL;
 		int			ret;
 
 		args[0] = Int64GetDatum(v->id);
@@ -298,22 +321,28 @@ IdemOutboxRecordVerdicts(const IdemOutboxVerdict *verdicts, int nverdicts)
 				continue;
 			case IDEM_OUTBOX_RETRY:
 				args[2] = Float8GetDatum(v->retry_delay_ms);
-				sql = "UPDATE idem.sync_outbox SET attempts = attempts + 1, last_error = $2, "
-					"next_attempt_at = pg_catalog.clock_timestamp() + $3 * interval '1 millisecond', "
-					"remote_outcome = $4 WHERE id = $1 AND state = 'pending'";
+				plan = KeptPlan(&retry_plan,
+								"UPDATE idem.sync_outbox SET attempts = attempts + 1, last_error = $2, "
+								"next_attempt_at = pg_catalog.clock_timestamp() + $3 * interval '1 millisecond', "
+								"remote_outcome = $4 WHERE id = $1 AND state = 'pending'",
+								4, argtypes);
 				break;
 			case IDEM_OUTBOX_FAILED:
-				sql = "UPDATE idem.sync_outbox SET attempts = attempts + 1, last_error = $2, "
-					"state = 'failed', remote_outcome = $4 "
-					"WHERE id = $1 AND state = 'pending' AND $3 IS NOT NULL";
+				plan = KeptPlan(&failed_plan,
+								"UPDATE idem.sync_outbox SET attempts = attempts + 1, last_error = $2, "
+								"state = 'failed', remote_outcome = $4 "
+								"WHERE id = $1 AND state = 'pending' AND $3 IS NOT NULL",
+								4, argtypes);
 				break;
 			case IDEM_OUTBOX_CONFLICT:
-				sql = "UPDATE idem.sync_outbox SET attempts = attempts + 1, last_error = $2, "
-					"state = 'conflict', remote_outcome = $4 "
-					"WHERE id = $1 AND state = 'pending' AND $3 IS NOT NULL";
+				plan = KeptPlan(&conflict_plan,
+								"UPDATE idem.sync_outbox SET attempts = attempts + 1, last_error = $2, "
+								"state = 'conflict', remote_outcome = $4 "
+								"WHERE id = $1 AND state = 'pending' AND $3 IS NOT NULL",
+								4, argtypes);
 				break;
 		}
-		ret = SPI_execute_with_args(sql, 4, argtypes, args, nulls, false, 0);
+		ret = SPI_execute_plan(plan, args, nulls, false, 0);
 		if (ret != SPI_OK_UPDATE)
 			elog(ERROR, "could not update idem.sync_outbox: %s", SPI_result_code_string(ret));
 	}
@@ -324,11 +353,13 @@ IdemOutboxRecordVerdicts(const IdemOutboxVerdict *verdicts, int nverdicts)
 		int			ret;
 
 		arr[0] = IdArray(delivered, ndelivered);
-		ret = SPI_execute_with_args("UPDATE idem.sync_outbox SET state = 'delivered', "
-									"attempts = attempts + 1, last_error = NULL, "
-									"delivered_at = pg_catalog.clock_timestamp() "
-									"WHERE id = ANY ($1) AND state = 'pending'",
-									1, arrtype, arr, NULL, false, 0);
+		ret = SPI_execute_plan(KeptPlan(&delivered_plan,
+										"UPDATE idem.sync_outbox SET state = 'delivered', "
+										"attempts = attempts + 1, last_error = NULL, "
+										"delivered_at = pg_catalog.clock_timestamp() "
+										"WHERE id = ANY ($1) AND state = 'pending'",
+										1, arrtype),
+							   arr, NULL, false, 0);
 		if (ret != SPI_OK_UPDATE)
 			elog(ERROR, "could not update idem.sync_outbox: %s", SPI_result_code_string(ret));
 	}
