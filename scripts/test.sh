@@ -79,6 +79,15 @@ else
     cat "$scratch/bench.log"; echo "bench smoke ... FAILED"; failed=$((failed + 1)); failures+=(bench)
 fi
 
+# The same for the arbiter benchmark: a few seconds against dynalite, failing
+# if a call fails, a first call runs twice or an outcome is not delivered.
+echo "== bench arbiter smoke"
+if bash "$root/bench/arbiter" --smoke >"$scratch/bench_arbiter.log" 2>&1; then
+    echo "bench arbiter smoke ... ok"; passed=$((passed + 1))
+else
+    cat "$scratch/bench_arbiter.log"; echo "bench arbiter smoke ... FAILED"; failed=$((failed + 1)); failures+=(bench-arbiter)
+fi
+
 echo
 if [ ${#failures[@]} -gt 0 ] && [ "$failed" -eq 0 ]; then failed=${#failures[@]}; fi
 echo "idem: $passed passed, $failed failed"
