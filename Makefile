@@ -14,6 +14,11 @@ OBJS = idem.o \
 	src/sync.o src/sync_secrets.o src/sync_outbox.o src/sync_format.o \
 	src/sync_worker.o src/dynamodb.o
 SHLIB_LINK += -lcurl
+PG_CONFIG ?= pg_config
+# PostgreSQL built with OpenSSL: the request fingerprint uses its digest directly
+ifneq (,$(findstring -lcrypto,$(shell $(PG_CONFIG) --libs)))
+SHLIB_LINK += -lcrypto
+endif
 
 EXTENSION = idem
 DATA = idem--1.0.sql
@@ -31,6 +36,5 @@ PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wmissing-prototypes
 
 EXTRA_CLEAN = src/*.o src/*.bc
 
-PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)

@@ -4,7 +4,7 @@
 set -euo pipefail
 
 packages=(postgresql-15 postgresql-server-dev-15 libipc-run-perl
-          libcurl4-openssl-dev make gcc
+          libcurl4-openssl-dev libssl-dev make gcc
           pgbouncer sqlsmith)
 missing=()
 for p in "${packages[@]}"; do

@@ -15,6 +15,10 @@
  * ["a", "b"] (jsonb) to the same value, and a fingerprint collision replays
  * one request's outcome to another.
  *
+ * With OpenSSL 3 the digest goes through EVP directly, with the SHA-256
+ * implementation fetched once per backend: pg_cryptohash_init looks it up
+ * by name on every call, which cost more than hashing a whole request.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -31,8 +35,21 @@
 
 #include "fingerprint.h"
 
+#ifdef USE_OPENSSL
+#include <openssl/evp.h>
+#if OPENSSL_VERSION_NUMBER >= 0x30000000L
+#define DIGEST_WITH_EVP
+#endif
+#endif
+
+#ifdef DIGEST_WITH_EVP
+/* The digest being computed, between Begin and End, and its algorithm. */
+static EVP_MD_CTX *digest_ctx = NULL;
+static EVP_MD *digest_sha256 = NULL;
+#else
 /* The digest being computed, between Begin and End. */
 static pg_cryptohash_ctx *digest_ctx = NULL;
+#endif
 
 /*
  * Bytes not yet fed to the digest.  A fingerprint is dozens of items of a
@@ -94,6 +111,83 @@ IdemDigestSignature(const char *signature, uint8 digest[PG_SHA256_DIGEST_LENGTH]
 	pg_cryptohash_free(ctx);
 }
 
+#ifdef DIGEST_WITH_EVP
+
+/* Report a failure of OpenSSL's digest functions. */
+static void
+DigestFailed(void)
+{
+	elog(ERROR, "could not compute request fingerprint: OpenSSL digest failure");
+}
+
+/* Make the backend's digest context on first use and start a digest. */
+static void
+DigestStart(void)
+{
+	if (digest_ctx == NULL)
+	{
+		if (digest_sha256 == NULL)
+			digest_sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
+		if (digest_sha256 == NULL || (digest_ctx = EVP_MD_CTX_new()) == NULL)
+			DigestFailed();
+	}
+	if (EVP_DigestInit_ex2(digest_ctx, digest_sha256, NULL) != 1)
+		DigestFailed();
+}
+
+/* Feed len bytes at data to the digest itself. */
+static void
+DigestUpdate(const uint8 *data, size_t len)
+{
+	if (EVP_DigestUpdate(digest_ctx, data, len) != 1)
+		DigestFailed();
+}
+
+/* Finish the digest. */
+static void
+DigestFinish(uint8 digest[PG_SHA256_DIGEST_LENGTH])
+{
+	unsigned int len = 0;
+
+	if (EVP_DigestFinal_ex(digest_ctx, digest, &len) != 1 ||
+		len != PG_SHA256_DIGEST_LENGTH)
+		DigestFailed();
+}
+
+#else							/* !DIGEST_WITH_EVP */
+
+/*
+ * Make the backend's digest context on first use and start a digest.  The
+ * context is registered with a resource owner of its own that is never
+ * released, so that transaction ends leave it alone.
+ */
+static void
+DigestStart(void)
+{
+	static ResourceOwner digest_owner = NULL;
+
+	if (digest_ctx == NULL)
+	{
+		ResourceOwner saved_owner = CurrentResourceOwner;
+
+		if (digest_owner == NULL)
+			digest_owner = ResourceOwnerCreate(NULL, "idem fingerprint");
+		CurrentResourceOwner = digest_owner;
+		PG_TRY();
+		{
+			digest_ctx = pg_cryptohash_create(PG_SHA256);
+		}
+		PG_FINALLY();
+		{
+			CurrentResourceOwner = saved_owner;
+		}
+		PG_END_TRY();
+	}
+	if (pg_cryptohash_init(digest_ctx) < 0)
+		elog(ERROR, "could not compute request fingerprint: %s",
+			 pg_cryptohash_error(digest_ctx));
+}
+
 /* Feed len bytes at data to the digest itself. */
 static void
 DigestUpdate(const uint8 *data, size_t len)
@@ -102,6 +196,17 @@ DigestUpdate(const uint8 *data, size_t len)
 		elog(ERROR, "could not compute request fingerprint: %s",
 			 pg_cryptohash_error(digest_ctx));
 }
+
+/* Finish the digest. */
+static void
+DigestFinish(uint8 digest[PG_SHA256_DIGEST_LENGTH])
+{
+	if (pg_cryptohash_final(digest_ctx, digest, PG_SHA256_DIGEST_LENGTH) < 0)
+		elog(ERROR, "could not compute request fingerprint: %s",
+			 pg_cryptohash_error(digest_ctx));
+}
+
+#endif							/* DIGEST_WITH_EVP */
 
 /* Feed the buffered bytes to the digest. */
 static void
@@ -151,35 +256,12 @@ DigestItem(char tag, const void *data, uint32 len)
 
 /*
  * Start a fingerprint.  The digest context is made once per backend, since
- * creating one looks up the algorithm in OpenSSL each time, and registered
- * with a resource owner of its own that is never released, so that
- * transaction ends leave it alone.
+ * making one costs more than a fingerprint.
  */
 void
 IdemFingerprintBegin(const uint8 signature_digest[PG_SHA256_DIGEST_LENGTH])
 {
-	static ResourceOwner digest_owner = NULL;
-
-	if (digest_ctx == NULL)
-	{
-		ResourceOwner saved_owner = CurrentResourceOwner;
-
-		if (digest_owner == NULL)
-			digest_owner = ResourceOwnerCreate(NULL, "idem fingerprint");
-		CurrentResourceOwner = digest_owner;
-		PG_TRY();
-		{
-			digest_ctx = pg_cryptohash_create(PG_SHA256);
-		}
-		PG_FINALLY();
-		{
-			CurrentResourceOwner = saved_owner;
-		}
-		PG_END_TRY();
-	}
-	if (pg_cryptohash_init(digest_ctx) < 0)
-		elog(ERROR, "could not compute request fingerprint: %s",
-			 pg_cryptohash_error(digest_ctx));
+	DigestStart();
 	/* what an earlier fingerprint left behind when it failed */
 	digest_buffered = 0;
 	DigestItem('f', signature_digest, PG_SHA256_DIGEST_LENGTH);
@@ -278,9 +360,7 @@ IdemFingerprintEnd(void)
 	uint64		hash = 0;
 
 	DigestFlush();
-	if (pg_cryptohash_final(digest_ctx, digest, sizeof(digest)) < 0)
-		elog(ERROR, "could not compute request fingerprint: %s",
-			 pg_cryptohash_error(digest_ctx));
+	DigestFinish(digest);
 	for (int b = 0; b < 8; b++)
 		hash = (hash << 8) | digest[b];
 	return hash;
