@@ -15,9 +15,12 @@
  * ["a", "b"] (jsonb) to the same value, and a fingerprint collision replays
  * one request's outcome to another.
  *
- * With OpenSSL 3 the digest goes through EVP directly, with the SHA-256
- * implementation fetched once per backend: pg_cryptohash_init looks it up
- * by name on every call, which cost more than hashing a whole request.
+ * With OpenSSL the digest goes through its SHA256_Init/Update/Final on a
+ * context of plain memory.  pg_cryptohash_init looks SHA-256 up by name on
+ * every call, and OpenSSL 3's EVP frees and allocates its context on every
+ * init; either cost more per call than hashing a whole request.  OpenSSL 3
+ * deprecates these functions but still provides them; a build of it without
+ * deprecated functions gets pg_cryptohash.
  *
  *-------------------------------------------------------------------------
  */
@@ -36,16 +39,17 @@
 #include "fingerprint.h"
 
 #ifdef USE_OPENSSL
-#include <openssl/evp.h>
-#if OPENSSL_VERSION_NUMBER >= 0x30000000L
-#define DIGEST_WITH_EVP
+#define OPENSSL_SUPPRESS_DEPRECATED
+#include <openssl/opensslconf.h>
+#ifndef OPENSSL_NO_DEPRECATED_3_0
+#include <openssl/sha.h>
+#define DIGEST_WITH_OPENSSL_SHA256
 #endif
 #endif
 
-#ifdef DIGEST_WITH_EVP
-/* The digest being computed, between Begin and End, and its algorithm. */
-static EVP_MD_CTX *digest_ctx = NULL;
-static EVP_MD *digest_sha256 = NULL;
+#ifdef DIGEST_WITH_OPENSSL_SHA256
+/* The digest being computed, between Begin and End. */
+static SHA256_CTX digest_ctx;
 #else
 /* The digest being computed, between Begin and End. */
 static pg_cryptohash_ctx *digest_ctx = NULL;
@@ -53,7 +57,7 @@ static pg_cryptohash_ctx *digest_ctx = NULL;
 
 /*
  * Bytes not yet fed to the digest.  A fingerprint is dozens of items of a
- * few bytes each, and every update goes through OpenSSL's dispatch, so they
+ * few bytes each, and every update is a call into OpenSSL, so they
  * are gathered here and fed in one go; the digest is the same.
  */
 #define DIGEST_BUFFER_SIZE	1024
@@ -111,27 +115,20 @@ IdemDigestSignature(const char *signature, uint8 digest[PG_SHA256_DIGEST_LENGTH]
 	pg_cryptohash_free(ctx);
 }
 
-#ifdef DIGEST_WITH_EVP
+#ifdef DIGEST_WITH_OPENSSL_SHA256
 
 /* Report a failure of OpenSSL's digest functions. */
 static void
 DigestFailed(void)
 {
-	elog(ERROR, "could not compute request fingerprint: OpenSSL digest failure");
+	elog(ERROR, "could not compute request fingerprint: OpenSSL SHA-256 failure");
 }
 
-/* Make the backend's digest context on first use and start a digest. */
+/* Start a digest. */
 static void
 DigestStart(void)
 {
-	if (digest_ctx == NULL)
-	{
-		if (digest_sha256 == NULL)
-			digest_sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
-		if (digest_sha256 == NULL || (digest_ctx = EVP_MD_CTX_new()) == NULL)
-			DigestFailed();
-	}
-	if (EVP_DigestInit_ex2(digest_ctx, digest_sha256, NULL) != 1)
+	if (SHA256_Init(&digest_ctx) != 1)
 		DigestFailed();
 }
 
@@ -139,7 +136,7 @@ DigestStart(void)
 static void
 DigestUpdate(const uint8 *data, size_t len)
 {
-	if (EVP_DigestUpdate(digest_ctx, data, len) != 1)
+	if (SHA256_Update(&digest_ctx, data, len) != 1)
 		DigestFailed();
 }
 
@@ -147,14 +144,11 @@ DigestUpdate(const uint8 *data, size_t len)
 static void
 DigestFinish(uint8 digest[PG_SHA256_DIGEST_LENGTH])
 {
-	unsigned int len = 0;
-
-	if (EVP_DigestFinal_ex(digest_ctx, digest, &len) != 1 ||
-		len != PG_SHA256_DIGEST_LENGTH)
+	if (SHA256_Final(digest, &digest_ctx) != 1)
 		DigestFailed();
 }
 
-#else							/* !DIGEST_WITH_EVP */
+#else							/* !DIGEST_WITH_OPENSSL_SHA256 */
 
 /*
  * Make the backend's digest context on first use and start a digest.  The
@@ -206,7 +200,7 @@ DigestFinish(uint8 digest[PG_SHA256_DIGEST_LENGTH])
 			 pg_cryptohash_error(digest_ctx));
 }
 
-#endif							/* DIGEST_WITH_EVP */
+#endif							/* DIGEST_WITH_OPENSSL_SHA256 */
 
 /* Feed the buffered bytes to the digest. */
 static void
