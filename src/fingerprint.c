@@ -47,11 +47,10 @@
 #endif
 #endif
 
-#ifdef DIGEST_WITH_OPENSSL_SHA256
 /* The digest being computed, between Begin and End. */
+#ifdef DIGEST_WITH_OPENSSL_SHA256
 static SHA256_CTX digest_ctx;
 #else
-/* The digest being computed, between Begin and End. */
 static pg_cryptohash_ctx *digest_ctx = NULL;
 #endif
 
@@ -151,9 +150,10 @@ DigestFinish(uint8 digest[PG_SHA256_DIGEST_LENGTH])
 #else							/* !DIGEST_WITH_OPENSSL_SHA256 */
 
 /*
- * Make the backend's digest context on first use and start a digest.  The
- * context is registered with a resource owner of its own that is never
- * released, so that transaction ends leave it alone.
+ * Make the backend's digest context on first use, since making one costs
+ * more than a fingerprint, and start a digest.  The context is registered
+ * with a resource owner of its own that is never released, so that
+ * transaction ends leave it alone.
  */
 static void
 DigestStart(void)
@@ -248,10 +248,7 @@ DigestItem(char tag, const void *data, uint32 len)
 		DigestBytes(data, len);
 }
 
-/*
- * Start a fingerprint.  The digest context is made once per backend, since
- * making one costs more than a fingerprint.
- */
+/* Start a fingerprint. */
 void
 IdemFingerprintBegin(const uint8 signature_digest[PG_SHA256_DIGEST_LENGTH])
 {
