@@ -35,6 +35,14 @@ CREATE TABLE bench.floor_records (
     outcome jsonb NOT NULL
 );
 
+-- Variant "checked": floor plus a lookup of the key before a first call's
+-- insert, and a replay that evaluates the call's arguments as well; its own
+-- table, so that it holds as many rows as floor's.
+CREATE TABLE bench.checked_records (
+    key text COLLATE "C" PRIMARY KEY,
+    outcome jsonb NOT NULL
+);
+
 -- Variant "plpgsql": the pattern careful users write by hand.  Claim the
 -- key with INSERT .. ON CONFLICT DO NOTHING (which waits for a concurrent
 -- claimer to finish); on conflict replay the stored outcome, otherwise run
