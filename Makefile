@@ -21,7 +21,7 @@ SHLIB_LINK += -lcrypto
 endif
 
 EXTENSION = idem
-DATA = idem--1.0.sql
+DATA = idem--1.0.sql idem--1.1.sql idem--1.0--1.1.sql
 PGFILEDESC = "idem - idempotency keys for PostgreSQL"
 
 REGRESS = setup call replay mismatch failure expiry roles bad_input replayed_flag hostile key_table lease arbiter
