@@ -4,6 +4,8 @@
 # install of 1.1 (functions with their definitions and grants, tables with
 # their columns, indexes and constraints, views, sequences, types, comments,
 # ACLs and the extension's dump configuration), read from the catalogs.
+# And DROP EXTENSION restarts the fencing tokens unless the counter is
+# carried over as documented.
 use strict;
 use warnings;
 use FindBin;
@@ -135,11 +137,11 @@ WITH ext AS (
 	-- generation, grants and comment
 	SELECT n.what, concat_ws(' ', 'column', row_number() OVER (PARTITION BY c.oid ORDER BY a.attnum),
 	                         a.attname, format_type(a.atttypid, a.atttypmod),
-	                         'collate', (SELECT collname FROM pg_collation WHERE oid = a.attcollation),
+	                         'collate=' || (SELECT collname FROM pg_collation WHERE oid = a.attcollation),
 	                         CASE WHEN a.attnotnull THEN 'not null' END,
-	                         'default', pg_get_expr(ad.adbin, ad.adrelid),
-	                         'identity', nullif(a.attidentity, ''), 'generated', nullif(a.attgenerated, ''),
-	                         'acl', a.attacl::text, 'comment', col_description(c.oid, a.attnum))
+	                         'default=' || pg_get_expr(ad.adbin, ad.adrelid),
+	                         'identity=' || nullif(a.attidentity::text, ''), 'generated=' || nullif(a.attgenerated::text, ''),
+	                         'acl=' || a.attacl::text, 'comment=' || col_description(c.oid, a.attnum))
 	  FROM named n JOIN pg_class c ON n.classid = 'pg_class'::regclass AND c.oid = n.objid
 	  JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
 	  LEFT JOIN pg_attrdef ad ON ad.adrelid = c.oid AND ad.adnum = a.attnum
@@ -182,7 +184,8 @@ WITH ext AS (
 	UNION ALL
 	-- the extension itself: version, schema, and what pg_dump keeps
 	SELECT 'extension idem', concat_ws(' ', 'version', extversion, 'schema', extnamespace::regnamespace,
-	                                   'relocatable', extrelocatable, 'owner', extowner::regrole)
+	                                   'relocatable', extrelocatable, 'owner', extowner::regrole,
+	                                   'schema acl', (SELECT nspacl::text FROM pg_namespace WHERE oid = extnamespace))
 	  FROM ext
 	UNION ALL
 	SELECT 'extension idem', 'dumps ' || cfg.rel::regclass || ' where ' || quote_literal(cfg.cond)
@@ -204,6 +207,23 @@ ok(scalar(grep { /^table idem\.records: index / } @fresh), 'and the indexes of i
 is(scalar(@updated), scalar(@fresh), 'as many facts about the updated extension as about a fresh one');
 ok(!@only_updated && !@only_fresh, 'the updated extension is member by member a fresh 1.1')
   or diag(join("\n", 'only after the update:', @only_updated, 'only in a fresh install:', @only_fresh));
+
+# ------------------------------- (c) fencing tokens and DROP EXTENSION
+
+# DROP EXTENSION drops the token sequence with everything else, so a new
+# CREATE EXTENSION starts the tokens at 1 again; the documented recipe
+# (keep last_value, setval after the re-create) carries the counter over.
+my $claim = q{SELECT token FROM idem.claim('token-' || clock_timestamp(), NULL, '1 hour')};
+$node->safe_psql('fresh', $claim) for 1 .. 3;
+my $last = $node->safe_psql('fresh', $claim);
+cmp_ok($last, '>=', 4, 'four claims took four tokens');
+$node->safe_psql('fresh', 'DROP EXTENSION idem; CREATE EXTENSION idem');
+is($node->safe_psql('fresh', $claim), '1', 'a re-created extension starts the tokens at 1 again');
+my $saved = $node->safe_psql('fresh', 'SELECT last_value FROM idem.claim_tokens');
+$node->safe_psql('fresh', 'DROP EXTENSION idem; CREATE EXTENSION idem');
+$node->safe_psql('fresh', "SELECT setval('idem.claim_tokens', greatest($saved, $last))");
+cmp_ok($node->safe_psql('fresh', $claim), '>', $last,
+	'after setval the first token is larger than every token given out before');
 
 $node->stop;
 done_testing();
