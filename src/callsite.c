@@ -350,10 +350,14 @@ CheckCallArguments(IdemCallSite *site, FunctionCallInfo fcinfo, Oid fnoid)
 				 errdetail("Parameter defaults are not applied by idem.idempotent_call."),
 				 errhint("Pass exactly the arguments that %s declares.", FnName(fnoid))));
 
-	/* every untyped argument is read as a literal, whatever fn takes */
-	for (int i = 0; i < given && site->untyped; i++)
-		site->args[i].literal = true;
-	for (int i = 0; i < given && !site->untyped; i++)
+	if (site->untyped)
+	{
+		/* every untyped argument is read as a literal, whatever fn takes */
+		for (int i = 0; i < given; i++)
+			site->args[i].literal = true;
+		return;
+	}
+	for (int i = 0; i < given; i++)
 	{
 		Oid			actual = get_fn_expr_argtype(fcinfo->flinfo, i + 2);
 		Oid			declared = site->args[i].param.type;
