@@ -46,6 +46,8 @@ my $calls = [
 	[ 'typed wrong', q{SELECT idem.idempotent_call($1, 'shop.place_order(jsonb)', $2::text)}, [ 'K-5', '{}' ] ],
 	[ 'cast one',    q{SELECT idem.idempotent_call($1, 'shop.label(int8, text)', $2::int8, $3)}, [ 'K-6', '9', 'tag' ] ],
 	[ 'bad json',    q{SELECT idem.idempotent_call($1, 'shop.place_order(jsonb)', $2)}, [ 'K-7', 'not json' ] ],
+	# a number: node-pg sends it untyped, psycopg typed (int2 here)
+	[ 'number',      q{SELECT idem.idempotent_call($1, 'shop.label(int8, text)', $2, $3)}, [ 'K-8', { number => 5 }, 'box' ] ],
 ];
 my %expected = (
 	'json first'  => qr/^\{"order": \d+, "sku": 1\} false$/,
@@ -63,20 +65,22 @@ my %expected = (
 # output lines by label.
 sub check_driver
 {
-	my ($driver, $prefix, @cmd) = @_;
+	my ($driver, $prefix, $number, @cmd) = @_;
+	my %expect = (%expected, number => $number);
 	my $prefixed = [ map { [ $_->[0], $_->[1], [ map { defined && !ref && /^K-/ ? "$prefix$_" : $_ } @{ $_->[2] } ] ] } @$calls ];
 	my $effects = $node->safe_psql('postgres', 'SELECT count(*) FROM shop.effects');
 	my ($out, $err) = run_command([ @cmd, $json->encode({ %conn, calls => $prefixed }) ]);
 	is($err, '', "$driver: no errors outside the calls");
 	my %got = map { /^([^:]+): (.*)$/ ? ($1 => $2) : () } split /\n/, $out;
-	for my $label (sort keys %expected)
+	for my $label (sort keys %expect)
 	{
-		like($got{$label} // '(missing)', $expected{$label}, "$driver: $label");
+		like($got{$label} // '(missing)', $expect{$label}, "$driver: $label");
 	}
 	my ($first) = ($got{'json first'} // '') =~ /^(.*) false$/;
 	is($got{'json replay'}, "$first true", "$driver: the same JSON written otherwise replays the outcome");
-	is($node->safe_psql('postgres', 'SELECT count(*) FROM shop.effects') - $effects, 4,
-		"$driver: four functions ran, once each");
+	my $runs = 4 + (($got{number} // "") =~ /^"/ ? 1 : 0);
+	is($node->safe_psql('postgres', 'SELECT count(*) FROM shop.effects') - $effects, $runs,
+		"$driver: $runs functions ran, once each");
 	# the untyped call has the fingerprint of the same call with literals
 	is($node->safe_psql('postgres', qq{
 		SELECT idem.idempotent_call('${prefix}K-2', 'shop.label(int8, text)', 7::int8, 'gift'::text);
@@ -99,10 +103,11 @@ args = json.loads(sys.argv[1])
 conn = psycopg.connect(host=args['host'], port=args['port'], user=args['user'],
                        dbname=args['dbname'], autocommit=True)
 for label, sql, params in args['calls']:
-    # psycopg's placeholders are %s; every parameter is a str or None after
-    # objects become JSON text, as a caller would write them
+    # psycopg's placeholders are %s; objects become JSON text, as a caller
+    # would write them, and {"number": n} the number n
     sql = sql.replace('$1', '%s').replace('$2', '%s').replace('$3', '%s')
-    params = [json.dumps(p) if isinstance(p, dict) else p for p in params]
+    params = [p['number'] if isinstance(p, dict) and 'number' in p
+              else json.dumps(p) if isinstance(p, dict) else p for p in params]
     try:
         outcome = conn.execute(sql, params).fetchone()[0]
         replayed = conn.execute('SELECT idem.last_call_replayed()').fetchone()[0]
@@ -110,7 +115,8 @@ for label, sql, params in args['calls']:
     except psycopg.Error as e:
         print('%s: %s' % (label, e.sqlstate))
 };
-	check_driver('psycopg', 'py-', $python, '-c', $script);
+	# psycopg sends the number typed, beside an untyped string: 42P18
+	check_driver('psycopg', 'py-', qr/^42P18$/, $python, '-c', $script);
 }
 
 my $example = abs_path("$FindBin::RealBin/../examples/http");
@@ -127,7 +133,8 @@ const args = JSON.parse(process.argv[1]);
 (async () => {
   const client = new Client({ host: args.host, port: args.port, user: args.user, database: args.dbname });
   await client.connect();
-  for (const [label, sql, params] of args.calls) {
+  for (const [label, sql, given] of args.calls) {
+    const params = given.map(p => (p && typeof p === 'object' && 'number' in p ? p.number : p));
     try {
       const { rows: [row] } = await client.query(sql, params);
       const { rows: [flag] } = await client.query('SELECT idem.last_call_replayed() AS replayed');
@@ -144,7 +151,7 @@ const args = JSON.parse(process.argv[1]);
 })();
 };
 	local $ENV{IDEM_PG_MODULE} = "$example/node_modules/pg";
-	check_driver('node-pg', 'js-', 'node', '-e', $script);
+	check_driver('node-pg', 'js-', qr/^"box #5" false$/, 'node', '-e', $script);
 }
 
 $node->stop;
