@@ -341,6 +341,116 @@ COMMENT ON VIEW idem.sync_status IS
 -- 1.1: hardening (keep in step with idem--1.0--1.1.sql)
 -- ---------------------------------------------------------------------
 
+-- idem.purge finds expired records through this index instead of reading
+-- the whole table, and walks the roles that own records through it, one
+-- descent per role, so that the records of a dropped role are found too.
+-- idem's C code adds an entry to it with every record row it writes.
+CREATE INDEX records_owner_expires_at ON idem.records (owner, expires_at);
+
+-- Replaces the purge of 1.0, which read the whole table on every run (its
+-- clock_timestamp() kept every index out of the plan).  Records of a role
+-- that no longer exists are purged as well, expired or not: no one can
+-- replay them, and a role created later under the same OID (once the OID
+-- counter wraps around) would otherwise inherit them.
+CREATE OR REPLACE FUNCTION idem.purge(max_rows integer DEFAULT 10000)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE STRICT SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    cutoff timestamptz := clock_timestamp();
+    role_id oid;
+    batch bigint;
+    purged bigint := 0;
+BEGIN
+    IF max_rows < 1 THEN
+        RAISE EXCEPTION 'max_rows must be at least 1, not %', max_rows
+            USING ERRCODE = '22023',
+                  HINT = 'Call idem.purge() for the default batch of 10000 records.';
+    END IF;
+    role_id := (SELECT r.owner FROM idem.records r ORDER BY r.owner LIMIT 1);
+    WHILE role_id IS NOT NULL AND purged < max_rows LOOP
+        -- SKIP LOCKED: a record being replaced by a call right now is left to it.
+        IF EXISTS (SELECT FROM pg_roles a WHERE a.oid = role_id) THEN
+            WITH expired AS (
+                SELECT r.ctid AS tid
+                  FROM idem.records r
+                 WHERE r.owner = role_id AND r.expires_at <= cutoff
+                 ORDER BY r.expires_at
+                 LIMIT max_rows - purged
+                   FOR UPDATE SKIP LOCKED
+            )
+            DELETE FROM idem.records r
+             USING expired e
+             WHERE r.ctid = e.tid
+               AND r.expires_at <= cutoff;
+        ELSE
+            WITH orphaned AS (
+                SELECT r.ctid AS tid
+                  FROM idem.records r
+                 WHERE r.owner = role_id
+                 LIMIT max_rows - purged
+                   FOR UPDATE SKIP LOCKED
+            )
+            DELETE FROM idem.records r
+             USING orphaned o
+             WHERE r.ctid = o.tid
+               AND r.owner = role_id;
+        END IF;
+        GET DIAGNOSTICS batch = ROW_COUNT;
+        purged := purged + batch;
+        role_id := (SELECT r.owner FROM idem.records r WHERE r.owner > role_id
+                     ORDER BY r.owner LIMIT 1);
+    END LOOP;
+    RETURN purged;
+END
+$$;
+
+COMMENT ON FUNCTION idem.purge(integer) IS
+    'delete at most max_rows expired idempotency records, and the records of dropped roles; returns how many were deleted';
+
+-- Drivers (node-pg, psycopg, ...) send bind parameters without a type, and
+-- PostgreSQL cannot pass a parameter of unknown type as "any".  The type
+-- idem.untyped is in the string category, which function resolution
+-- prefers for arguments of unknown type, and no typed value converts to
+-- it: a call whose arguments are all untyped (literals or bind parameters)
+-- takes the overload below, every other call the one taking "any".  idem
+-- reads each element as it reads an untyped literal, through the input
+-- function of fn's parameter, so both give the same request fingerprint.
+CREATE TYPE idem.untyped;
+
+CREATE FUNCTION idem.untyped_in(cstring) RETURNS idem.untyped
+AS 'textin' LANGUAGE internal IMMUTABLE STRICT PARALLEL SAFE;
+
+CREATE FUNCTION idem.untyped_out(idem.untyped) RETURNS cstring
+AS 'textout' LANGUAGE internal IMMUTABLE STRICT PARALLEL SAFE;
+
+CREATE FUNCTION idem.untyped_recv(internal) RETURNS idem.untyped
+AS 'textrecv' LANGUAGE internal STABLE STRICT PARALLEL SAFE;
+
+CREATE FUNCTION idem.untyped_send(idem.untyped) RETURNS bytea
+AS 'textsend' LANGUAGE internal STABLE STRICT PARALLEL SAFE;
+
+CREATE TYPE idem.untyped (
+    INPUT = idem.untyped_in,
+    OUTPUT = idem.untyped_out,
+    RECEIVE = idem.untyped_recv,
+    SEND = idem.untyped_send,
+    LIKE = pg_catalog.text,
+    CATEGORY = 'S'
+);
+
+COMMENT ON TYPE idem.untyped IS
+    'an argument of idem.idempotent_call given without a type, read as an untyped literal';
+
+CREATE FUNCTION idem.idempotent_call(key text, fn regprocedure, VARIADIC args idem.untyped[])
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'idem_idempotent_call'
+LANGUAGE C CALLED ON NULL INPUT VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION idem.idempotent_call(text, regprocedure, idem.untyped[]) IS
+    'run fn(args) once for this key, its arguments given without a type (bind parameters of drivers); later calls with the key return the recorded outcome';
+
 -- ---------------------------------------------------------------------
 -- 1.1: DynamoDB sync status (keep in step with idem--1.0--1.1.sql)
 -- ---------------------------------------------------------------------

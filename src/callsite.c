@@ -13,6 +13,12 @@
  * prepared statement costs one hash lookup and a copy of a few hundred
  * bytes, no catalog lookup beyond the EXECUTE check.
  *
+ * Drivers send bind parameters without a type; PostgreSQL cannot pass such
+ * a parameter as "any", so idem 1.1 adds an overload taking VARIADIC
+ * idem.untyped[], a string-category type that function resolution prefers
+ * for arguments of unknown type and that no typed value converts to.  Its
+ * elements are read like untyped literals.
+ *
  * Invoking fn also marks its (role, key) as running in this backend, so
  * that a nested call on the same key from inside fn is an error instead of
  * a second execution or a self-deadlock.
@@ -22,6 +28,7 @@
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "catalog/namespace.h"
 #include "catalog/objectaccess.h"
 #include "catalog/pg_collation.h"
 #include "catalog/pg_proc.h"
@@ -31,6 +38,7 @@
 #include "nodes/makefuncs.h"
 #include "parser/parse_coerce.h"
 #include "utils/acl.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/hsearch.h"
@@ -103,6 +111,7 @@ struct IdemCallSite
 	FnSummary	fn;
 	FmgrInfo	flinfo;			/* calls fn */
 	FmgrInfo	result_to_jsonb;	/* RESULT_VIA_JSONB */
+	bool		untyped;		/* arguments come as VARIADIC idem.untyped[] */
 	int			room;			/* length of args */
 	CallArg		args[FLEXIBLE_ARRAY_MEMBER];
 };
@@ -271,6 +280,48 @@ InitToJsonb(FmgrInfo *finfo, Oid type, MemoryContext mcxt)
 }
 
 /*
+ * Whether a VARIADIC array type is idem.untyped[], the arguments of the
+ * overload that PostgreSQL picks when every argument is of unknown type
+ * (literals, and the bind parameters that drivers send without a type).
+ * The type is found by name in idem's schema, which a database still at
+ * idem 1.0 does not have.
+ */
+static bool
+IsUntypedArray(Oid arraytype)
+{
+	Oid			nspid = get_namespace_oid("idem", true);
+	Oid			untyped;
+
+	if (!OidIsValid(nspid))
+		return false;
+	untyped = GetSysCacheOid2(TYPENAMENSP, Anum_pg_type_oid,
+							  CStringGetDatum("untyped"), ObjectIdGetDatum(nspid));
+	return OidIsValid(untyped) && get_element_type(arraytype) == untyped;
+}
+
+/* The VARIADIC idem.untyped[] array of this call, which may not be null. */
+static ArrayType *
+UntypedArray(FunctionCallInfo fcinfo)
+{
+	/* only an explicit VARIADIC NULL gets here with a null array */
+	if (PG_ARGISNULL(2))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("the VARIADIC array of idem.idempotent_call must not be null"),
+				 errhint("Pass the arguments one by one.")));
+	return PG_GETARG_ARRAYTYPE_P(2);
+}
+
+/* How many arguments the VARIADIC idem.untyped[] array of this call holds. */
+static int
+UntypedArgumentCount(FunctionCallInfo fcinfo)
+{
+	ArrayType  *array = UntypedArray(fcinfo);
+
+	return ArrayGetNItems(ARR_NDIM(array), ARR_DIMS(array));
+}
+
+/*
  * Check the arguments given at this call site against fn's parameters: each
  * must be an untyped literal or of a type binary-coercible to the parameter.
  */
@@ -279,11 +330,17 @@ CheckCallArguments(IdemCallSite *site, FunctionCallInfo fcinfo, Oid fnoid)
 {
 	int			given = PG_NARGS() - 2;
 
+	site->untyped = false;
 	if (get_fn_expr_variadic(fcinfo->flinfo))
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("idem.idempotent_call does not take its arguments as a VARIADIC array"),
-				 errhint("Pass the arguments of %s one by one.", FnName(fnoid))));
+	{
+		if (!IsUntypedArray(get_fn_expr_argtype(fcinfo->flinfo, 2)))
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("idem.idempotent_call does not take its arguments as a VARIADIC array"),
+					 errhint("Pass the arguments of %s one by one.", FnName(fnoid))));
+		site->untyped = true;
+		given = UntypedArgumentCount(fcinfo);
+	}
 	if (given != site->fn.nargs)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_FUNCTION),
@@ -293,6 +350,13 @@ CheckCallArguments(IdemCallSite *site, FunctionCallInfo fcinfo, Oid fnoid)
 				 errdetail("Parameter defaults are not applied by idem.idempotent_call."),
 				 errhint("Pass exactly the arguments that %s declares.", FnName(fnoid))));
 
+	if (site->untyped)
+	{
+		/* every untyped argument is read as a literal, whatever fn takes */
+		for (int i = 0; i < given; i++)
+			site->args[i].literal = true;
+		return;
+	}
 	for (int i = 0; i < given; i++)
 	{
 		Oid			actual = get_fn_expr_argtype(fcinfo->flinfo, i + 2);
@@ -399,12 +463,49 @@ IdemGetCallSite(FunctionCallInfo fcinfo, Oid fnoid)
 }
 
 /*
+ * Read the elements of the VARIADIC idem.untyped[] array into values/nulls
+ * through the input functions of fn's parameter types, exactly as untyped
+ * literals are read, so that both give the same values and fingerprint.
+ */
+static void
+ReadUntypedArguments(IdemCallSite *site, FunctionCallInfo fcinfo, Datum *values, bool *nulls)
+{
+	ArrayType  *array = UntypedArray(fcinfo);
+	Datum	   *elems;
+	bool	   *elemnulls;
+	int			given;
+
+	deconstruct_array(array, ARR_ELEMTYPE(array), -1, false, TYPALIGN_INT,
+					  &elems, &elemnulls, &given);
+	/* an explicit VARIADIC array may change its length between calls */
+	if (given != site->fn.nargs)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_FUNCTION),
+				 errmsg("function %s takes %d argument%s, but idem.idempotent_call was given %d",
+						FnName(site->fnoid), site->fn.nargs,
+						site->fn.nargs == 1 ? "" : "s", given),
+				 errhint("Pass exactly the arguments that %s declares.", FnName(site->fnoid))));
+	for (int i = 0; i < given; i++)
+	{
+		nulls[i] = elemnulls[i];
+		values[i] = nulls[i] ? (Datum) 0 :
+			InputFunctionCall(&site->args[i].input, TextDatumGetCString(elems[i]),
+							  site->args[i].param.input_ioparam, -1);
+	}
+}
+
+/*
  * Read the call's arguments into values/nulls, turning untyped literals into
  * values of fn's parameter types.
  */
 void
 IdemReadArguments(IdemCallSite *site, FunctionCallInfo fcinfo, Datum *values, bool *nulls)
 {
+	if (site->untyped)
+	{
+		ReadUntypedArguments(site, fcinfo, values, nulls);
+		return;
+	}
 	for (int i = 0; i < site->fn.nargs; i++)
 	{
 		nulls[i] = PG_ARGISNULL(i + 2);
