@@ -96,12 +96,15 @@ SELECT t.masked($$SELECT idem.release('lease-4', $$ || :t5 || $$)$$);
 SELECT state, token > :t5 AS larger_token, recovery_point, recovery_data
   FROM idem.claim('lease-4', '{"amount": 40}');
 
--- A claim's transaction commits synchronously even under synchronous_commit = off.
+-- A claim's transaction commits synchronously even under synchronous_commit = off:
+-- once COMMIT returns, the WAL is flushed beyond the claim's row.  The setting
+-- itself is left alone (sql/lease_sync_commit.sql has more).
 SET synchronous_commit = off;
 BEGIN;
 SELECT state FROM idem.claim('lease-5');
-SHOW synchronous_commit;
+SELECT pg_current_wal_insert_lsn() AS written \gset
 COMMIT;
+SELECT pg_current_wal_flush_lsn() >= :'written'::pg_lsn AS flushed_at_commit;
 SHOW synchronous_commit;
 -- A replay writes nothing and leaves the setting alone.
 BEGIN;
