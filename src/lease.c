@@ -19,11 +19,13 @@
  * so each is larger than every token given out before it.
  *
  * The work is outside the database, so a crash cannot roll it back: every
- * lease function that writes makes its transaction commit synchronously,
- * even under synchronous_commit = off, through the flag CREATE DATABASE
- * uses rather than the setting, which a function's SET clause could put back
- * before the commit.  A claim lost in a crash would let a second holder
- * repeat work that was already done.
+ * lease function that writes makes its transaction commit as under
+ * synchronous_commit = on, even in a session that turned it off.  A claim
+ * lost in a crash or a failover would let a second holder repeat work that
+ * was already done.  The local flush is forced through the flag CREATE
+ * DATABASE uses; the wait for synchronous standbys needs the setting, which
+ * is raised only once the commit has begun, since a function's SET clause
+ * puts the setting back when the function returns.
  *
  *-------------------------------------------------------------------------
  */
@@ -35,6 +37,7 @@
 #include "commands/sequence.h"
 #include "common/int.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/timestamp.h"
 
 #include "catalog.h"
@@ -113,6 +116,29 @@ ClaimFingerprint(Jsonb *request)
 	return IdemFingerprintEnd();
 }
 
+/* This transaction wrote a lease row: its commit waits as under "on". */
+static bool sync_commit_required = false;
+
+/*
+ * At the start of the commit of a transaction that wrote a lease row, after
+ * every function has returned, raise synchronous_commit = off to on for
+ * this commit, so that it waits for the synchronous standbys as well.
+ */
+static void
+LeaseXactCallback(XactEvent event, void *arg)
+{
+	if (!sync_commit_required)
+		return;
+	if (event == XACT_EVENT_PRE_COMMIT &&
+		synchronous_commit < SYNCHRONOUS_COMMIT_LOCAL_FLUSH)
+		(void) set_config_option("synchronous_commit", "on",
+								 PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_LOCAL, true, 0, false);
+	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT ||
+		event == XACT_EVENT_PREPARE)
+		sync_commit_required = false;
+}
+
 /*
  * Make this transaction commit synchronously: a claim, checkpoint, extend or
  * outcome lost in a crash would let a second holder repeat external work.
@@ -120,7 +146,15 @@ ClaimFingerprint(Jsonb *request)
 static void
 RequireSynchronousCommit(void)
 {
+	static bool callback_registered = false;
+
 	ForceSyncCommit();
+	if (!callback_registered)
+	{
+		RegisterXactCallback(LeaseXactCallback, NULL);
+		callback_registered = true;
+	}
+	sync_commit_required = true;
 }
 
 /* Raise the error of a key recorded or claimed for a different request. */

@@ -110,6 +110,29 @@ $holder->quit;
 is($primary->safe_psql('postgres', q{SELECT count(*) FROM shop.effects WHERE payload ->> 'sku' = '4'}), '1',
 	'the open first call ran once');
 
+# A lease function's commit waits for the synchronous standbys as
+# synchronous_commit = on does, even in a session that set it off and through
+# a function declared SET synchronous_commit = off, which puts the session's
+# setting back before the commit.  A synchronous standby that never connects
+# holds the commit until synchronous_standby_names is emptied.
+$primary->safe_psql('postgres', q{
+	CREATE FUNCTION shop.claim_quietly(k text) RETURNS text LANGUAGE sql
+		SET synchronous_commit = off
+		AS $$ SELECT state FROM idem.claim(k, NULL, '1 hour') $$});
+$primary->append_conf('postgresql.conf', "synchronous_standby_names = 'nobody_connects'");
+$primary->reload;
+my $claimer = $primary->background_psql('postgres');
+$claimer->query_safe('SET synchronous_commit = off');
+$claimer->query_until(qr/claiming/, "\\echo claiming\nSELECT shop.claim_quietly('sync-standby-1');\n");
+ok($primary->poll_query_until('postgres',
+		q{SELECT wait_event FROM pg_stat_activity WHERE query LIKE '%claim_quietly(''sync-standby-1'')%' AND pid <> pg_backend_pid()},
+		'SyncRep'),
+	"a claim's commit waits for the synchronous standby under synchronous_commit = off");
+$primary->adjust_conf('postgresql.conf', 'synchronous_standby_names', "''");
+$primary->reload;
+is($claimer->query_safe('SELECT 1'), "run\n1", 'and completes once no synchronous standby is required');
+$claimer->quit;
+
 $standby->stop;
 $primary->stop;
 done_testing();
