@@ -205,3 +205,16 @@ RESET idem.lease;
 -- my_records shows each state.
 SELECT key, status FROM idem.my_records WHERE key LIKE 'lease-%' ORDER BY key;
 RESET idem.wait_timeout;
+
+-- The holder's calls write the claim's record: a read-only transaction
+-- refuses each of them (25006) and nothing changes.
+SELECT state FROM idem.claim('ro-lease-1', NULL, '1 hour');
+SELECT token AS t9 FROM idem.my_records WHERE key = 'ro-lease-1' \gset
+SELECT t.row_of('ro-lease-1') AS before \gset
+BEGIN READ ONLY;
+SELECT t.masked($$SELECT idem.checkpoint('ro-lease-1', $$ || :t9 || $$, 'step')$$);
+SELECT t.masked($$SELECT idem.extend('ro-lease-1', $$ || :t9 || $$, '2 hours')$$);
+SELECT t.masked($$SELECT idem.complete('ro-lease-1', $$ || :t9 || $$, '{"done": true}')$$);
+SELECT t.masked($$SELECT idem.release('ro-lease-1', $$ || :t9 || $$)$$);
+COMMIT;
+SELECT t.row_of('ro-lease-1') = :'before' AS unchanged;

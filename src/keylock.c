@@ -116,8 +116,9 @@ IdemBackoffSleep(IdemBackoff *backoff, TimestampTz until)
 }
 
 /*
- * Refuse to write a key's record (a first call's or a claim) where it could
- * not be written, before anything runs.
+ * Refuse to write a key's record (a first call's, a claim, or a holder's
+ * change to its claim) where it could not be written, before anything runs.
+ * The key table is written below the executor, which would check this.
  */
 void
 IdemCheckWritable(text *key, IdemWriteKind kind)
@@ -133,6 +134,15 @@ IdemCheckWritable(text *key, IdemWriteKind kind)
 				 RecoveryInProgress() ?
 				 errhint("Send claims to the primary server; a standby can only replay recorded outcomes.") :
 				 errhint("Claim the key in a read-write transaction.")));
+	if (kind == IDEM_WRITE_HOLDER)
+		ereport(ERROR,
+				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
+				 errmsg("cannot change the claim of idempotency key \"%s\" in a read-only transaction",
+						IdemKeyForMessage(key)),
+				 errdetail("idem.complete, idem.checkpoint, idem.extend and idem.release write the claim's record."),
+				 RecoveryInProgress() ?
+				 errhint("Send the holder's calls to the primary server.") :
+				 errhint("Call it in a read-write transaction.")));
 	ereport(ERROR,
 			(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
 			 errmsg("cannot run the first call with idempotency key \"%s\" in a read-only transaction",

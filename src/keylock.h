@@ -36,7 +36,8 @@ typedef struct IdemBackoff
 typedef enum IdemWriteKind
 {
 	IDEM_WRITE_FIRST_CALL,		/* the record of idempotent_call's first call */
-	IDEM_WRITE_CLAIM			/* a claim of idem.claim */
+	IDEM_WRITE_CLAIM,			/* a claim of idem.claim */
+	IDEM_WRITE_HOLDER			/* a holder's complete, checkpoint, extend, release */
 } IdemWriteKind;
 
 extern void IdemWaitStart(IdemWait *wait, TimestampTz now, int wait_timeout_ms);

@@ -448,6 +448,7 @@ HeldClaim(LeaseCall *call, int64 token, const char *action)
 	IdemRecord *record = &probe->record;
 	const char *why = NULL;
 
+	IdemCheckWritable(call->key, IDEM_WRITE_HOLDER);
 	ProbeLocked(call);
 	if (probe->state == IDEM_RECORD_ABSENT || probe->state == IDEM_RECORD_EXPIRED)
 		why = "No claim of this key exists: it was never claimed, or its record expired.";
