@@ -24,9 +24,9 @@ EXTENSION = idem
 DATA = idem--1.0.sql idem--1.1.sql idem--1.0--1.1.sql
 PGFILEDESC = "idem - idempotency keys for PostgreSQL"
 
-REGRESS = setup call replay mismatch failure expiry roles purge bad_input replayed_flag hostile key_table lease arbiter untyped_args fn_versions
+REGRESS = setup call replay mismatch failure expiry roles purge bad_input replayed_flag hostile key_table lease lease_waits lease_sync_commit arbiter untyped_args fn_versions
 REGRESS_OPTS =
-ISOLATION = first_writer_wins rollback_frees_key many_waiters wait_timeout repeatable_read expired_record lease_holders key_order_deadlock
+ISOLATION = first_writer_wins rollback_frees_key many_waiters wait_timeout repeatable_read expired_record lease_holders reindex_key key_order_deadlock
 ISOLATION_OPTS =
 TAP_TESTS = 1
 

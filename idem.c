@@ -34,7 +34,6 @@
 
 #include "access/htup_details.h"
 #include "access/xact.h"
-#include "access/xlog.h"
 #include "catalog/pg_collation.h"
 #include "funcapi.h"
 #include "miscadmin.h"
@@ -61,9 +60,12 @@ static int	idem_lease = 30000;	/* milliseconds */
 
 /*
  * What the session's last idempotent_call or claim did: -1 none or failed,
- * 0 ran fn (or returned 'run'), 1 replayed.
+ * 0 ran fn (or returned 'run'), 1 replayed; and the subtransaction that did
+ * it, whose rollback undoes the call and so resets the state
+ * (InvalidSubTransactionId once its transaction committed).
  */
 static int	last_call_state = -1;
+static SubTransactionId last_call_subid = InvalidSubTransactionId;
 
 PG_FUNCTION_INFO_V1(idem_idempotent_call);
 PG_FUNCTION_INFO_V1(idem_last_call_replayed);
@@ -74,6 +76,10 @@ PG_FUNCTION_INFO_V1(idem_extend);
 PG_FUNCTION_INFO_V1(idem_release);
 
 void		_PG_init(void);
+
+static void LastCallXactCallback(XactEvent event, void *arg);
+static void LastCallSubXactCallback(SubXactEvent event, SubTransactionId mySubid,
+									SubTransactionId parentSubid, void *arg);
 
 /* Define idem's settings. */
 void
@@ -107,6 +113,8 @@ _PG_init(void)
 							30000, 1, (int) (IDEM_MAX_LEASE_USECS / 1000),
 							PGC_USERSET, GUC_UNIT_MS,
 							NULL, NULL, NULL);
+	RegisterXactCallback(LastCallXactCallback, NULL);
+	RegisterSubXactCallback(LastCallSubXactCallback, NULL);
 	IdemSyncInit();
 	IdemArbiterInit();
 #if PG_VERSION_NUM >= 150000
@@ -116,19 +124,47 @@ _PG_init(void)
 #endif
 }
 
-/* Refuse a first call where its record could not be written. */
+/* Remember what this call did, in the subtransaction that did it. */
 static void
-CheckWritable(text *key)
+SetLastCallState(int state)
 {
-	if (XactReadOnly)
-		ereport(ERROR,
-				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
-				 errmsg("cannot run the first call with idempotency key \"%s\" in a read-only transaction",
-						IdemKeyForMessage(key)),
-				 errdetail("No outcome is recorded for this key, so the function would run and its outcome would have to be written."),
-				 RecoveryInProgress() ?
-				 errhint("Send first calls to the primary server; a standby can only replay recorded outcomes.") :
-				 errhint("Run the call in a read-write transaction.")));
+	last_call_state = state;
+	last_call_subid = GetCurrentSubTransactionId();
+}
+
+/*
+ * A rollback undoes the last call along with its transaction, so nothing is
+ * left for last_call_replayed to describe; a commit keeps it for good.
+ */
+static void
+LastCallXactCallback(XactEvent event, void *arg)
+{
+	if (last_call_subid == InvalidSubTransactionId)
+		return;
+	if (event == XACT_EVENT_ABORT)
+		last_call_state = -1;
+	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_COMMIT ||
+		event == XACT_EVENT_PREPARE)
+		last_call_subid = InvalidSubTransactionId;
+}
+
+/*
+ * A savepoint rollback undoes the last call if the call ran inside it; a
+ * release hands it to the enclosing subtransaction.
+ */
+static void
+LastCallSubXactCallback(SubXactEvent event, SubTransactionId mySubid,
+						SubTransactionId parentSubid, void *arg)
+{
+	if (mySubid != last_call_subid)
+		return;
+	if (event == SUBXACT_EVENT_ABORT_SUB)
+	{
+		last_call_state = -1;
+		last_call_subid = InvalidSubTransactionId;
+	}
+	else if (event == SUBXACT_EVENT_COMMIT_SUB)
+		last_call_subid = parentSubid;
 }
 
 /*
@@ -140,13 +176,13 @@ CheckWritable(text *key)
  * record exists, not even one being written: the caller must run fn, write
  * the record and release the lock; probe->state is then ABSENT or EXPIRED
  * (with the expired row's tid to replace).  Waits for writers and for the
- * lock end together at now + idem.wait_timeout.
+ * lock end together at now + idem.wait_timeout (or a lower lock_timeout).
  */
 static bool
 ClaimOrReplay(IdemKeyTable *table, Oid owner, text *key,
 			  IdemRecordProbe *probe, LOCKTAG *keylock)
 {
-	IdemWait	wait = {0, idem_wait_timeout};
+	IdemWait	wait = {0};
 	bool		locked = false;
 
 	for (;;)
@@ -157,7 +193,7 @@ ClaimOrReplay(IdemKeyTable *table, Oid owner, text *key,
 		if (probe->state == IDEM_RECORD_LIVE || probe->state == IDEM_RECORD_CLAIMED)
 			break;
 		if (wait.deadline == 0)
-			wait.deadline = TimestampTzPlusMilliseconds(now, idem_wait_timeout);
+			IdemWaitStart(&wait, now, idem_wait_timeout);
 		if (probe->state == IDEM_RECORD_BUSY)
 		{
 			/* pin nothing while waiting */
@@ -168,7 +204,7 @@ ClaimOrReplay(IdemKeyTable *table, Oid owner, text *key,
 			break;
 		else
 		{
-			CheckWritable(key);
+			IdemCheckWritable(key, IDEM_WRITE_FIRST_CALL);
 			/* an expired row keeps its index page pinned; the lock may wait */
 			if (probe->state == IDEM_RECORD_EXPIRED)
 				IdemKeyTableEndProbes(table);
@@ -250,7 +286,7 @@ idem_idempotent_call(PG_FUNCTION_ARGS)
 					 errdetail("The key is claimed or recorded through idem.claim, whose outcomes idem.idempotent_call does not replay.") :
 					 errdetail("The outcome recorded for this key came from a call with another function or other arguments."),
 					 errhint("Use a new key for a new request; repeat the original request to get its outcome.")));
-		last_call_state = 1;
+		SetLastCallState(1);
 		PG_RETURN_JSONB_P(probe.record.outcome);
 	}
 
@@ -281,7 +317,7 @@ idem_idempotent_call(PG_FUNCTION_ARGS)
 		IdemOutboxRecord(owner, key, record.outcome, record.expires_at,
 						 arbiter.claim);
 	IdemKeyLockRelease(&keylock);
-	last_call_state = arbiter.replay ? 1 : 0;
+	SetLastCallState(arbiter.replay ? 1 : 0);
 	PG_RETURN_JSONB_P(record.outcome);
 }
 
@@ -363,7 +399,7 @@ idem_claim(PG_FUNCTION_ARGS)
 	nulls[3] = claim.recovery_point == NULL;
 	values[4] = PointerGetDatum(claim.recovery_data);
 	nulls[4] = claim.recovery_data == NULL;
-	last_call_state = claim.replay ? 1 : 0;
+	SetLastCallState(claim.replay ? 1 : 0);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), values, nulls)));
 }
 

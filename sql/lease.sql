@@ -96,12 +96,15 @@ SELECT t.masked($$SELECT idem.release('lease-4', $$ || :t5 || $$)$$);
 SELECT state, token > :t5 AS larger_token, recovery_point, recovery_data
   FROM idem.claim('lease-4', '{"amount": 40}');
 
--- A claim's transaction commits synchronously even under synchronous_commit = off.
+-- A claim's transaction commits synchronously even under synchronous_commit = off:
+-- once COMMIT returns, the WAL is flushed beyond the claim's row.  The setting
+-- itself is left alone (sql/lease_sync_commit.sql has more).
 SET synchronous_commit = off;
 BEGIN;
 SELECT state FROM idem.claim('lease-5');
-SHOW synchronous_commit;
+SELECT pg_current_wal_insert_lsn() AS written \gset
 COMMIT;
+SELECT pg_current_wal_flush_lsn() >= :'written'::pg_lsn AS flushed_at_commit;
 SHOW synchronous_commit;
 -- A replay writes nothing and leaves the setting alone.
 BEGIN;
@@ -202,3 +205,16 @@ RESET idem.lease;
 -- my_records shows each state.
 SELECT key, status FROM idem.my_records WHERE key LIKE 'lease-%' ORDER BY key;
 RESET idem.wait_timeout;
+
+-- The holder's calls write the claim's record: a read-only transaction
+-- refuses each of them (25006) and nothing changes.
+SELECT state FROM idem.claim('ro-lease-1', NULL, '1 hour');
+SELECT token AS t9 FROM idem.my_records WHERE key = 'ro-lease-1' \gset
+SELECT t.row_of('ro-lease-1') AS before \gset
+BEGIN READ ONLY;
+SELECT t.masked($$SELECT idem.checkpoint('ro-lease-1', $$ || :t9 || $$, 'step')$$);
+SELECT t.masked($$SELECT idem.extend('ro-lease-1', $$ || :t9 || $$, '2 hours')$$);
+SELECT t.masked($$SELECT idem.complete('ro-lease-1', $$ || :t9 || $$, '{"done": true}')$$);
+SELECT t.masked($$SELECT idem.release('ro-lease-1', $$ || :t9 || $$)$$);
+COMMIT;
+SELECT t.row_of('ro-lease-1') = :'before' AS unchanged;

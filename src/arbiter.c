@@ -46,6 +46,7 @@
 #include "dynamodb.h"
 #include "errcodes.h"
 #include "key.h"
+#include "keylock.h"
 #include "sync.h"
 #include "sync_format.h"
 
@@ -469,7 +470,7 @@ IdemArbiterClaimKey(Oid owner, text *key, const int64 *token,
 	char	   *claim;
 	char	   *role = GetUserNameFromId(owner, false);
 	TimestampTz deadline;
-	int			sleep_ms = POLL_FIRST_MS;
+	IdemBackoff backoff = {POLL_FIRST_MS, POLL_MAX_MS};
 	char	   *orphan = NULL;	/* an orphaned claim of ours to replace */
 
 	RequireArbiter(key);
@@ -558,14 +559,6 @@ IdemArbiterClaimKey(Oid owner, text *key, const int64 *token,
 							   item_id, wait_timeout_ms),
 					 errhint("Retry the call later: once the other party completes the key, the call returns its outcome.")));
 		if (remote.found)
-		{
-			long		left = (long) ((deadline - now) / 1000) + 1;
-
-			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-							 Min(sleep_ms, left), PG_WAIT_EXTENSION);
-			ResetLatch(MyLatch);
-			CHECK_FOR_INTERRUPTS();
-			sleep_ms = Min(sleep_ms * 2, POLL_MAX_MS);
-		}
+			IdemBackoffSleep(&backoff, deadline);
 	}
 }

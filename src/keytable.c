@@ -114,7 +114,8 @@ ResolveKeyTable(void)
 				 errmsg("idem.records has lost its primary key"),
 				 errhint("Drop and re-create the extension.")));
 	records_pkey = rel->rd_pkindex;
-	table_close(rel, AccessShareLock);
+	/* keep the lock: the key table is opened again right away */
+	table_close(rel, NoLock);
 
 	/* the probe's scan keys are built for exactly these columns */
 	rel = index_open(records_pkey, AccessShareLock);
@@ -125,7 +126,7 @@ ResolveKeyTable(void)
 				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
 				 errmsg("the primary key of idem.records is not the one idem created"),
 				 errhint("Drop and re-create the extension.")));
-	index_close(rel, AccessShareLock);
+	index_close(rel, NoLock);
 	records_relid = relid;
 }
 
@@ -138,14 +139,25 @@ ResolveKeyTable(void)
 void
 IdemKeyTableOpen(IdemKeyTable *table, Oid owner, text *key)
 {
-	Oid			pkey;
-
-	if (!OidIsValid(records_relid))
-		ResolveKeyTable();
-	/* opening the table may process invalidations that reset records_pkey */
-	pkey = records_pkey;
-	table->heap = table_open(records_relid, AccessShareLock);
-	table->index = index_open(pkey, AccessShareLock);
+	/*
+	 * Taking the table's lock processes invalidations, which reset the OIDs
+	 * resolved before if the table or its primary key changed meanwhile (a
+	 * REINDEX CONCURRENTLY builds a new index): read them once it is held.
+	 * Holding it, the primary key found stays until the end of the
+	 * transaction.
+	 */
+	for (;;)
+	{
+		if (!OidIsValid(records_relid))
+			ResolveKeyTable();
+		table->heap = try_table_open(records_relid, AccessShareLock);
+		if (table->heap != NULL && OidIsValid(records_pkey))
+			break;
+		if (table->heap != NULL)
+			table_close(table->heap, NoLock);
+		records_relid = InvalidOid;
+	}
+	table->index = index_open(records_pkey, AccessShareLock);
 	table->scan = NULL;
 	table->slot = NULL;
 
@@ -184,10 +196,10 @@ IdemKeyTableClose(IdemKeyTable *table)
 /*
  * Fill in a probe from an unexpired row: a recorded outcome is LIVE, a row
  * without one is a claim of idem.claim, whose lease and recovery point the
- * lease functions need as well.
+ * lease functions need as well, and whether this transaction wrote it.
  */
 static void
-ReadRecord(TupleTableSlot *slot, IdemRecordProbe *probe)
+ReadRecord(TupleTableSlot *slot, TransactionId xmin, IdemRecordProbe *probe)
 {
 	IdemRecord *record = &probe->record;
 	Datum		value;
@@ -205,6 +217,7 @@ ReadRecord(TupleTableSlot *slot, IdemRecordProbe *probe)
 	}
 
 	probe->state = IDEM_RECORD_CLAIMED;
+	probe->own = TransactionIdIsCurrentTransactionId(xmin);
 	record->outcome = NULL;
 	record->created_at = DatumGetTimestampTz(slot_getattr(slot, COL_CREATED_AT + 1, &isnull));
 	record->expires_at = DatumGetTimestampTz(slot_getattr(slot, COL_EXPIRES_AT + 1, &isnull));
@@ -273,7 +286,7 @@ IdemKeyTableProbe(IdemKeyTable *table, text *key, TimestampTz now, IdemRecordPro
 			if (DatumGetTimestampTz(slot_getattr(slot, COL_EXPIRES_AT + 1, &isnull)) <= now)
 				probe->state = IDEM_RECORD_EXPIRED;
 			else
-				ReadRecord(slot, probe);
+				ReadRecord(slot, xmin, probe);
 		}
 		ExecClearTuple(slot);
 	}

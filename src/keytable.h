@@ -44,13 +44,14 @@ typedef struct IdemRecord
 
 /*
  * What a probe found.  LIVE fills request_hash, token and outcome of record;
- * CLAIMED fills every field of record.
+ * CLAIMED fills every field of record, and own.
  */
 typedef struct IdemRecordProbe
 {
 	IdemRecordState state;
 	TransactionId busy_xid;		/* BUSY: the transaction to wait for */
 	ItemPointerData tid;		/* LIVE, CLAIMED, EXPIRED: the row */
+	bool		own;			/* CLAIMED: this transaction wrote the row */
 	IdemRecord	record;			/* LIVE, CLAIMED */
 } IdemRecordProbe;
 

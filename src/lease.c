@@ -19,9 +19,13 @@
  * so each is larger than every token given out before it.
  *
  * The work is outside the database, so a crash cannot roll it back: every
- * lease function that writes makes its transaction commit synchronously,
- * even under synchronous_commit = off.  A claim lost in a crash would let a
- * second holder repeat work that was already done.
+ * lease function that writes makes its transaction commit as under
+ * synchronous_commit = on, even in a session that turned it off.  A claim
+ * lost in a crash or a failover would let a second holder repeat work that
+ * was already done.  The local flush is forced through the flag CREATE
+ * DATABASE uses; the wait for synchronous standbys needs the setting, which
+ * is raised only once the commit has begun, since a function's SET clause
+ * puts the setting back when the function returns.
  *
  *-------------------------------------------------------------------------
  */
@@ -30,12 +34,8 @@
 #include <limits.h>
 
 #include "access/xact.h"
-#include "access/xlog.h"
 #include "commands/sequence.h"
 #include "common/int.h"
-#include "miscadmin.h"
-#include "pgstat.h"
-#include "storage/latch.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/timestamp.h"
@@ -116,6 +116,29 @@ ClaimFingerprint(Jsonb *request)
 	return IdemFingerprintEnd();
 }
 
+/* This transaction wrote a lease row: its commit waits as under "on". */
+static bool sync_commit_required = false;
+
+/*
+ * At the start of the commit of a transaction that wrote a lease row, after
+ * every function has returned, raise synchronous_commit = off to on for
+ * this commit, so that it waits for the synchronous standbys as well.
+ */
+static void
+LeaseXactCallback(XactEvent event, void *arg)
+{
+	if (!sync_commit_required)
+		return;
+	if (event == XACT_EVENT_PRE_COMMIT &&
+		synchronous_commit < SYNCHRONOUS_COMMIT_LOCAL_FLUSH)
+		(void) set_config_option("synchronous_commit", "on",
+								 PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_LOCAL, true, 0, false);
+	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT ||
+		event == XACT_EVENT_PREPARE)
+		sync_commit_required = false;
+}
+
 /*
  * Make this transaction commit synchronously: a claim, checkpoint, extend or
  * outcome lost in a crash would let a second holder repeat external work.
@@ -123,25 +146,15 @@ ClaimFingerprint(Jsonb *request)
 static void
 RequireSynchronousCommit(void)
 {
-	if (synchronous_commit < SYNCHRONOUS_COMMIT_LOCAL_FLUSH)
-		(void) set_config_option("synchronous_commit", "on",
-								 PGC_USERSET, PGC_S_SESSION,
-								 GUC_ACTION_LOCAL, true, 0, false);
-}
+	static bool callback_registered = false;
 
-/* Refuse a claim where it could not be written. */
-static void
-CheckWritable(text *key)
-{
-	if (XactReadOnly)
-		ereport(ERROR,
-				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
-				 errmsg("cannot claim idempotency key \"%s\" in a read-only transaction",
-						IdemKeyForMessage(key)),
-				 errdetail("No outcome is recorded for this key, so the claim would have to be written."),
-				 RecoveryInProgress() ?
-				 errhint("Send claims to the primary server; a standby can only replay recorded outcomes.") :
-				 errhint("Claim the key in a read-write transaction.")));
+	ForceSyncCommit();
+	if (!callback_registered)
+	{
+		RegisterXactCallback(LeaseXactCallback, NULL);
+		callback_registered = true;
+	}
+	sync_commit_required = true;
 }
 
 /* Raise the error of a key recorded or claimed for a different request. */
@@ -160,20 +173,42 @@ ReportMismatch(text *key, const IdemRecordProbe *probe)
 			 errhint("Use a new key for a new request; repeat the original request to get its outcome.")));
 }
 
-/* Raise the error of a claim that waited out idem.wait_timeout for a live lease. */
+/*
+ * Raise the error of a claim that waited out idem.wait_timeout (or a lower
+ * lock_timeout) for a live lease.
+ */
 static void
-ReportClaimed(text *key, TimestampTz lease_expires_at, int wait_timeout_ms)
+ReportClaimed(text *key, TimestampTz lease_expires_at, const IdemWait *wait)
 {
 	ereport(ERROR,
 			(errcode(ERRCODE_IDEM_KEY_IN_USE),
 			 errmsg("idempotency key \"%s\" is claimed by another holder",
 					IdemKeyForMessage(key)),
-			 wait_timeout_ms == 0 ?
+			 wait->timeout_ms == 0 ?
 			 errdetail("The holder's lease ends at %s, and idem.wait_timeout is 0.",
 					   timestamptz_to_str(lease_expires_at)) :
-			 errdetail("The holder's lease ends at %s; it did not complete or release the key within idem.wait_timeout (%d ms).",
-					   timestamptz_to_str(lease_expires_at), wait_timeout_ms),
+			 errdetail("The holder's lease ends at %s; it did not complete or release the key within %s (%d ms).",
+					   timestamptz_to_str(lease_expires_at),
+					   wait->by_lock_timeout ? "lock_timeout" : "idem.wait_timeout",
+					   wait->timeout_ms),
 			 errhint("Retry later: the retry returns the outcome once the holder completes, and runs once its lease lapses.")));
+}
+
+/*
+ * Raise the error of a claim of a key whose live claim this very
+ * transaction holds: waiting could only end in a timeout, since the holder
+ * is the waiter, and a second 'run' would hand the same work out twice.
+ */
+static void
+ReportClaimedHere(text *key, const IdemRecord *record)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_IDEM_KEY_IN_USE),
+			 errmsg("idempotency key \"%s\" is already claimed by this transaction",
+					IdemKeyForMessage(key)),
+			 errdetail("This transaction holds the key with token " INT64_FORMAT ", whose lease ends at %s.",
+					   record->token, timestamptz_to_str(record->lease_expires_at)),
+			 errhint("Use the token the first claim returned: complete, checkpoint, extend or release the key with it.")));
 }
 
 /* Open the key table for a lease function on (owner, key). */
@@ -183,8 +218,7 @@ BeginLeaseCall(LeaseCall *call, Oid owner, text *key, int wait_timeout_ms)
 	call->owner = owner;
 	call->key = key;
 	call->locked = false;
-	call->wait.deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), wait_timeout_ms);
-	call->wait.wait_timeout_ms = wait_timeout_ms;
+	IdemWaitStart(&call->wait, GetCurrentTimestamp(), wait_timeout_ms);
 	IdemKeyTableOpen(&call->table, owner, key);
 }
 
@@ -222,22 +256,12 @@ LockKey(LeaseCall *call)
  * on, so waiting is polling, with a growing interval.
  */
 static void
-SleepOnLease(LeaseCall *call, TimestampTz lease_expires_at, int *sleep_ms)
+SleepOnLease(LeaseCall *call, TimestampTz lease_expires_at, IdemBackoff *backoff)
 {
-	TimestampTz now = GetCurrentTimestamp();
-	TimestampTz until = Min(call->wait.deadline, lease_expires_at);
-	long		ms;
-
-	if (call->wait.wait_timeout_ms == 0 || now >= call->wait.deadline)
-		ReportClaimed(call->key, lease_expires_at, call->wait.wait_timeout_ms);
-	ms = TimestampDifferenceMilliseconds(now, until);
-	ms = Max(1, Min(ms, *sleep_ms));
+	if (IdemWaitIsOver(&call->wait, GetCurrentTimestamp()))
+		ReportClaimed(call->key, lease_expires_at, &call->wait);
 	IdemKeyTableEndProbes(&call->table);
-	(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-					 ms, PG_WAIT_EXTENSION);
-	ResetLatch(MyLatch);
-	CHECK_FOR_INTERRUPTS();
-	*sleep_ms = Min(*sleep_ms * 2, LEASE_POLL_MAX_MS);
+	IdemBackoffSleep(backoff, Min(call->wait.deadline, lease_expires_at));
 }
 
 /*
@@ -323,7 +347,7 @@ IdemLeaseClaim(Oid owner, text *key, Jsonb *request, int64 lease_usecs,
 	uint64		request_hash = ClaimFingerprint(request);
 	LeaseCall	call;
 	IdemRecordProbe *probe = &call.probe;
-	int			sleep_ms = LEASE_POLL_FIRST_MS;
+	IdemBackoff backoff = {LEASE_POLL_FIRST_MS, LEASE_POLL_MAX_MS};
 	TimestampTz now;
 	IdemRecord	record;
 	bool		replay = false;
@@ -356,13 +380,15 @@ IdemLeaseClaim(Oid owner, text *key, Jsonb *request, int64 lease_usecs,
 		if (probe->state == IDEM_RECORD_CLAIMED &&
 			probe->record.lease_expires_at > now)
 		{
+			if (probe->own)
+				ReportClaimedHere(key, &probe->record);
 			UnlockKey(&call);
-			SleepOnLease(&call, probe->record.lease_expires_at, &sleep_ms);
+			SleepOnLease(&call, probe->record.lease_expires_at, &backoff);
 			continue;
 		}
 		if (call.locked)
 			break;
-		CheckWritable(key);
+		IdemCheckWritable(key, IDEM_WRITE_CLAIM);
 		LockKey(&call);
 	}
 
@@ -422,6 +448,7 @@ HeldClaim(LeaseCall *call, int64 token, const char *action)
 	IdemRecord *record = &probe->record;
 	const char *why = NULL;
 
+	IdemCheckWritable(call->key, IDEM_WRITE_HOLDER);
 	ProbeLocked(call);
 	if (probe->state == IDEM_RECORD_ABSENT || probe->state == IDEM_RECORD_EXPIRED)
 		why = "No claim of this key exists: it was never claimed, or its record expired.";
