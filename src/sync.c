@@ -8,9 +8,9 @@
  * a wake-up; a transaction callback sets the worker's latch once the
  * transaction has committed.  A prepared transaction's rows become visible
  * at COMMIT PREPARED, which may run in any session: a utility hook wakes
- * the worker after every COMMIT PREPARED.  The worker also looks at the
- * outbox every few seconds on its own (sync_worker.c), so that a row no
- * wake-up announced waits no longer than that.  With idem.dynamodb_table
+ * the worker after every COMMIT PREPARED.  While rows are pending, the
+ * worker also looks at the outbox every few seconds on its own
+ * (sync_worker.c).  With idem.dynamodb_table
  * empty the sync is off.
  *
  * The shared state holds what idem.sync_status shows of the worker: its

@@ -28,9 +28,10 @@
  * it would lapse anyway.  These live only in memory; a crash loses them,
  * and the claims then lapse at the end of their leases.
  *
- * Commits wake the worker; besides, it looks at the outbox at least every
- * SAFETY_POLL_MS, so that a row no wake-up announced (one made due by
- * hand, say) waits no longer than that.
+ * Commits wake the worker; besides, while rows are pending it looks at the
+ * outbox at least every SAFETY_POLL_MS, so that a row no wake-up announced
+ * (one made due by hand, say) does not wait for the next retry of another.
+ * An idle worker sleeps until it is woken.
  *
  *-------------------------------------------------------------------------
  */
@@ -672,8 +673,13 @@ IdemSyncWorkerMain(Datum main_arg)
 
 		if (next_due != 0 && GetCurrentTimestamp() >= next_due)
 			need_fetch = true;
-		/* The safety poll: a row no wake-up announced waits no longer. */
-		if (TimestampDifferenceExceeds(last_fetch_at, GetCurrentTimestamp(),
+		/*
+		 * The safety poll, while rows are pending: a row that no wake-up
+		 * announced waits no longer than SAFETY_POLL_MS behind them.  An
+		 * idle worker does not poll.
+		 */
+		if ((next_due != 0 || njobs > 0) &&
+			TimestampDifferenceExceeds(last_fetch_at, GetCurrentTimestamp(),
 									   SAFETY_POLL_MS))
 			need_fetch = true;
 		if ((need_fetch || more_waiting) && njobs < maxjobs)
@@ -693,11 +699,15 @@ IdemSyncWorkerMain(Datum main_arg)
 		next_delete = SendClaimDeletes();
 		IdemSyncSetInFlight(njobs);
 
-		wake_at = TimestampTzPlusMilliseconds(last_fetch_at, SAFETY_POLL_MS);
+		wake_at = 0;
+		if (next_due != 0 || njobs > 0)
+			wake_at = TimestampTzPlusMilliseconds(last_fetch_at, SAFETY_POLL_MS);
 		if (next_due != 0 && next_due < wake_at)
 			wake_at = next_due;
-		if (next_delete != 0 && next_delete < wake_at)
+		if (next_delete != 0 && (wake_at == 0 || next_delete < wake_at))
 			wake_at = next_delete;
+		timeout = -1;
+		if (wake_at != 0)
 		{
 			long		secs;
 			int			usecs;
