@@ -420,13 +420,14 @@ static void
 HandleClaimDeleteResult(ClaimDeleteJob *del, IdemDynamoResult *res)
 {
 	TimestampTz now = GetCurrentTimestamp();
+	TimestampTz retry_at;
 
 	del->on_wire = false;
 	del->attempts++;
-	if (res->status == IDEM_DYNAMO_TRANSIENT &&
-		now + RetryDelayMs(del->attempts, true) * 1000 < del->claim.lease_end)
+	retry_at = now + (TimestampTz) (RetryDelayMs(del->attempts, true) * 1000);
+	if (res->status == IDEM_DYNAMO_TRANSIENT && retry_at < del->claim.lease_end)
 	{
-		del->next_attempt_at = now + (TimestampTz) (RetryDelayMs(del->attempts, true) * 1000);
+		del->next_attempt_at = retry_at;
 		return;
 	}
 	if (res->status != IDEM_DYNAMO_OK && res->status != IDEM_DYNAMO_CONDITION_FAILED)
