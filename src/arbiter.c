@@ -18,8 +18,13 @@
  *				idem.wait_timeout, then IK409
  *
  * Each item names its claim in pg_claim.  A claim whose transaction or
- * savepoint rolls back is deleted at once, conditional on that name, so
- * that another party can run the key without waiting for the lease to end.
+ * savepoint rolls back is handed to the sync worker, which deletes it at
+ * once, conditional on that name, so that another party can run the key
+ * without waiting for the lease to end.  The abort itself sends nothing:
+ * it runs with interrupts held, also at backend exit and shutdown, and
+ * must not wait for the network.  The hand-over goes through shared
+ * memory, since the transaction's outbox rows vanish with it; whatever a
+ * crash loses there lapses at the end of its lease.
  * A DynamoDB fault fails the call with IK503; there is no local fallback,
  * which would give up the guarantee between clusters.
  *
@@ -144,6 +149,14 @@ RequireArbiter(text *key)
 		problem = "idem.dynamodb_table is not set.";
 	else if (!IdemSyncWorkerRegistered())
 		problem = "idem is not in shared_preload_libraries, so no sync worker runs to complete the claims.";
+	else if (IdemSyncSetupProblem() != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("cannot claim idempotency key \"%s\" in DynamoDB: arbiter mode is not set up in this database",
+						IdemKeyForMessage(key)),
+				 errdetail_internal("Claims made here would never be completed: %s.",
+									IdemSyncSetupProblem()),
+				 errhint("Make arbiter-mode calls in the database named by idem.dynamodb_database, or set idem.arbiter to 'local' in this one.")));
 	else if (Client(&problem) == NULL)
 		problem = psprintf("There are %s.", problem);
 	if (problem == NULL)
@@ -205,75 +218,33 @@ Request(text *key, const char *operation, const char *body,
 }
 
 /*
- * Delete the claims of subtransaction from and those below it, each only
- * while it still holds its item, and forget them.  Runs during abort: it
- * raises no error, and gives up after idem.dynamodb_request_timeout (the
- * item then stays until its lease ends).
+ * Hand the claims of subtransaction from and those below it to the sync
+ * worker, which deletes each only while it still holds its item, and
+ * forget them.  Runs during abort, also at backend exit and shutdown: it
+ * neither waits for DynamoDB nor raises an error.  A claim that cannot be
+ * queued lapses at the end of its lease.
  */
 static void
 DeleteHeldClaims(SubTransactionId from)
 {
-	MemoryContext old = MemoryContextSwitchTo(arbiter_cxt);
-	char	   *problem;
-	IdemDynamoClient *c = Client(&problem);
 	int			kept = 0;
-	int			sent = 0;
-	TimestampTz deadline;
+	int			lost = 0;
 
 	for (int i = 0; i < nheld; i++)
 	{
 		if (held[i].subid < from)
-		{
 			held[kept++] = held[i];
-			continue;
-		}
-		if (c == NULL)
-			continue;
-		IdemDynamoSend(c, "DeleteItem",
-					   IdemSyncDeleteClaimBody(idem_dynamodb_table, held[i].item_id,
-											   held[i].claim),
-					   held[i].item_id);
-		sent++;
+		else if (!IdemSyncQueueClaimDelete(held[i].item_id, held[i].claim,
+										   held[i].lease_end))
+			lost++;
 	}
 	nheld = kept;
-	if (c == NULL && problem != NULL)
+	if (lost > 0)
 		ereport(WARNING,
-				(errmsg("could not delete the DynamoDB claims of a rolled-back idempotent call"),
-				 errdetail_internal("%s", problem),
+				(errmsg("could not queue the deletion of %d DynamoDB claims of a rolled-back idempotent call",
+						lost),
+				 errdetail("The sync worker's queue of claims to delete is full or not set up."),
 				 errhint("Other parties can run the keys once their leases end.")));
-
-	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-										   idem_dynamodb_request_timeout);
-	while (sent > 0)
-	{
-		IdemDynamoResult res;
-		long		left;
-
-		if (IdemDynamoNextResult(c, &res))
-		{
-			sent--;
-			if (res.status != IDEM_DYNAMO_OK &&
-				res.status != IDEM_DYNAMO_CONDITION_FAILED)
-				ereport(WARNING,
-						(errmsg("could not delete the DynamoDB claim %s of a rolled-back idempotent call",
-								(char *) res.private),
-						 errdetail_internal("%s", res.error),
-						 errhint("Other parties can run the key once its lease ends.")));
-			continue;
-		}
-		left = (long) ((deadline - GetCurrentTimestamp()) / 1000);
-		if (left <= 0)
-		{
-			ereport(WARNING,
-					(errmsg("gave up deleting %d DynamoDB claims of a rolled-back idempotent call", sent),
-					 errdetail("DynamoDB did not answer within idem.dynamodb_request_timeout."),
-					 errhint("Other parties can run the keys once their leases end.")));
-			DropClient();
-			break;
-		}
-		(void) IdemDynamoWait(c, left, PG_WAIT_EXTENSION);
-	}
-	MemoryContextSwitchTo(old);
 	if (nheld == 0)
 		MemoryContextReset(arbiter_cxt);
 }

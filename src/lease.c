@@ -55,12 +55,6 @@
 #define LEASE_POLL_FIRST_MS	5
 #define LEASE_POLL_MAX_MS	100
 
-/*
- * An outcome the sync could not store: DynamoDB items are at most 400 KB,
- * and the item needs room for its other attributes.
- */
-#define MAX_SYNCED_OUTCOME_BYTES	(400 * 1000)
-
 /* A key table opened for one lease function, with its key lock. */
 typedef struct LeaseCall
 {
@@ -523,18 +517,7 @@ IdemLeaseComplete(Oid owner, text *key, int64 token, Jsonb *outcome,
 				 errdetail("Retries of the request get this outcome back; a missing outcome would leave them nothing to return."),
 				 errhint("Record a JSON null ('null'::jsonb) if the work has no result, or release the key with idem.release.")));
 	if (IdemSyncEnabled())
-	{
-		size_t		bytes = strlen(JsonbToCString(NULL, &outcome->root, VARSIZE(outcome)));
-
-		if (bytes > MAX_SYNCED_OUTCOME_BYTES)
-			ereport(ERROR,
-					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-					 errmsg("outcome for idempotency key \"%s\" is too large for the DynamoDB sync",
-							IdemKeyForMessage(key)),
-					 errdetail("The outcome is %zu bytes as JSON text; a DynamoDB item holds at most %d.",
-							   bytes, MAX_SYNCED_OUTCOME_BYTES),
-					 errhint("Record a smaller outcome, for example a reference to where the full result is stored.")));
-	}
+		IdemOutboxCheckOutcome(key, outcome);
 
 	BeginLeaseCall(&call, owner, key, settings->wait_timeout_ms);
 	record = HeldClaim(&call, token, "complete it");

@@ -6,11 +6,18 @@
  *
  * A backend that queues an outcome in the outbox (sync_outbox.c) asks for
  * a wake-up; a transaction callback sets the worker's latch once the
- * transaction has committed, so the worker never polls.  With
- * idem.dynamodb_table empty the sync is off.
+ * transaction has committed.  A prepared transaction's rows become visible
+ * at COMMIT PREPARED, which may run in any session: a utility hook wakes
+ * the worker after every COMMIT PREPARED.  While rows are pending, the
+ * worker also looks at the outbox every few seconds on its own
+ * (sync_worker.c).  With idem.dynamodb_table
+ * empty the sync is off.
  *
  * The shared state holds what idem.sync_status shows of the worker: its
  * process, the requests it has on the wire and the latest delivery problem.
+ * It also holds the queue of arbiter claims to delete: a rollback cannot
+ * wait for DynamoDB while it aborts, and its outbox rows vanish with it, so
+ * it hands each claim to the worker through shared memory instead.
  *
  *-------------------------------------------------------------------------
  */
@@ -20,6 +27,7 @@
 
 #include "access/htup_details.h"
 #include "access/xact.h"
+#include "commands/dbcommands.h"
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "postmaster/bgworker.h"
@@ -29,8 +37,10 @@
 #include "storage/proc.h"
 #include "storage/shmem.h"
 #include "storage/spin.h"
+#include "tcop/utility.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/memutils.h"
 #include "utils/timestamp.h"
 
 #include "dynamodb.h"
@@ -38,6 +48,13 @@
 #include "sync_secrets.h"
 
 #define SYNC_LAST_ERROR_LEN 512
+
+/*
+ * Claims of rolled-back calls waiting for the worker to delete them.  A
+ * full queue costs nothing but time: the claims it cannot take lapse at
+ * the end of their leases.
+ */
+#define CLAIM_DELETE_SLOTS	256
 
 /* State of the sync worker that backends can see, in shared memory. */
 typedef struct SyncShared
@@ -49,6 +66,10 @@ typedef struct SyncShared
 	uint64		requests_sent;	/* since the server started */
 	TimestampTz last_error_at;
 	char		last_error[SYNC_LAST_ERROR_LEN];
+	int			deletes_held;	/* claim deletes the worker has taken */
+	int			delete_first;	/* ring of claim deletes: oldest slot */
+	int			delete_count;	/* ... and how many are queued */
+	IdemSyncClaimDelete deletes[CLAIM_DELETE_SLOTS];
 } SyncShared;
 
 /* Settings */
@@ -68,6 +89,10 @@ static SyncShared *sync_shared = NULL;
 
 static bool wake_at_commit = false;
 static bool xact_callback_registered = false;
+static bool setup_warned = false;
+static char *session_database = NULL;
+
+static ProcessUtility_hook_type prev_process_utility_hook = NULL;
 
 #if PG_VERSION_NUM >= 150000
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
@@ -75,7 +100,10 @@ static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
 PG_FUNCTION_INFO_V1(idem_sync_worker_state);
+PG_FUNCTION_INFO_V1(idem_sync_worker_state_1_1);
 PG_FUNCTION_INFO_V1(idem_sync_wakeup);
+
+static void WakeWorker(void);
 
 /* Accept only table names DynamoDB accepts (or empty: sync off). */
 static bool
@@ -159,6 +187,31 @@ SyncShmemStartup(void)
 }
 
 /*
+ * Wake the sync worker after COMMIT PREPARED: the rows of the prepared
+ * transaction become visible then, and no transaction callback of the
+ * session that queued them runs any more.
+ */
+static void
+SyncProcessUtility(PlannedStmt *pstmt, const char *queryString,
+				   bool readOnlyTree, ProcessUtilityContext context,
+				   ParamListInfo params, QueryEnvironment *queryEnv,
+				   DestReceiver *dest, QueryCompletion *qc)
+{
+	Node	   *parsetree = pstmt->utilityStmt;
+
+	if (prev_process_utility_hook)
+		prev_process_utility_hook(pstmt, queryString, readOnlyTree, context,
+								  params, queryEnv, dest, qc);
+	else
+		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context,
+								params, queryEnv, dest, qc);
+	/* COMMIT PREPARED runs outside a transaction block: it has committed. */
+	if (IsA(parsetree, TransactionStmt) &&
+		((TransactionStmt *) parsetree)->kind == TRANS_STMT_COMMIT_PREPARED)
+		WakeWorker();
+}
+
+/*
  * The file this code was loaded from, so that the worker loads the same one
  * even when shared_preload_libraries names it by path; "idem" if unknown.
  */
@@ -234,6 +287,9 @@ IdemSyncInit(void)
 
 	IdemSyncInstallLogMask(&idem_dynamodb_secret_access_key,
 						   &idem_dynamodb_session_token);
+
+	prev_process_utility_hook = ProcessUtility_hook;
+	ProcessUtility_hook = SyncProcessUtility;
 
 	if (process_shared_preload_libraries_in_progress)
 	{
@@ -316,6 +372,59 @@ IdemSyncEnabled(void)
 	return idem_dynamodb_table != NULL && idem_dynamodb_table[0] != '\0';
 }
 
+/* The name of the current database, looked up once per session. */
+static const char *
+SessionDatabase(void)
+{
+	if (session_database == NULL)
+	{
+		char	   *name = get_database_name(MyDatabaseId);
+
+		session_database = MemoryContextStrdup(TopMemoryContext, name ? name : "");
+	}
+	return session_database;
+}
+
+/*
+ * Why the outbox of this database would never be delivered although the
+ * sync is on, or NULL if nothing stands in the way.  Call it in a
+ * transaction.
+ */
+const char *
+IdemSyncSetupProblem(void)
+{
+	if (!IdemSyncEnabled())
+		return NULL;
+	if (!IdemSyncWorkerRegistered())
+		return "idem is not in shared_preload_libraries, so no sync worker runs";
+	if (strcmp(SessionDatabase(), idem_dynamodb_database) != 0)
+		return psprintf("the sync worker delivers the outbox of database \"%s\" (idem.dynamodb_database), not of this one",
+						idem_dynamodb_database);
+	return NULL;
+}
+
+/*
+ * Warn once per session that what is queued here will not be delivered,
+ * when idem.dynamodb_table is set but the rest of the set-up is missing.
+ */
+void
+IdemSyncWarnSetup(void)
+{
+	const char *problem;
+
+	if (setup_warned)
+		return;
+	problem = IdemSyncSetupProblem();
+	if (problem == NULL)
+		return;
+	setup_warned = true;
+	ereport(WARNING,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("idempotency outcomes queued in this database are not delivered to DynamoDB"),
+			 errdetail_internal("idem.dynamodb_table is set, but %s.", problem),
+			 errhint("Add idem to shared_preload_libraries and set idem.dynamodb_database to the database that records outcomes, or set idem.dynamodb_table to '' to turn the sync off.  idem.sync_status shows the problem.")));
+}
+
 /* Record the latest delivery problem where idem.sync_status shows it. */
 void
 IdemSyncSetLastError(const char *msg)
@@ -328,6 +437,91 @@ IdemSyncSetLastError(const char *msg)
 	SpinLockRelease(&sync_shared->mutex);
 }
 
+/* Whether a delivery problem is on record. */
+bool
+IdemSyncHasLastError(void)
+{
+	bool		has;
+
+	if (sync_shared == NULL)
+		return false;
+	SpinLockAcquire(&sync_shared->mutex);
+	has = sync_shared->last_error[0] != '\0';
+	SpinLockRelease(&sync_shared->mutex);
+	return has;
+}
+
+/* Forget the latest delivery problem: everything queued was delivered since. */
+void
+IdemSyncClearLastError(void)
+{
+	if (sync_shared == NULL)
+		return;
+	SpinLockAcquire(&sync_shared->mutex);
+	sync_shared->last_error[0] = '\0';
+	sync_shared->last_error_at = 0;
+	SpinLockRelease(&sync_shared->mutex);
+}
+
+/*
+ * Hand the worker the claim of a rolled-back call, to delete from DynamoDB
+ * while claim still holds the item, and wake it.  Runs during abort: it
+ * neither waits nor raises an error, and returns false when the claim could
+ * not be queued (no worker, a name too long, a full queue); the claim then
+ * lapses at lease_end.
+ */
+bool
+IdemSyncQueueClaimDelete(const char *item_id, const char *claim,
+						 TimestampTz lease_end)
+{
+	IdemSyncClaimDelete *slot;
+	bool		queued = false;
+
+	if (sync_shared == NULL ||
+		strlen(item_id) >= IDEM_SYNC_ITEM_ID_LEN ||
+		strlen(claim) >= IDEM_SYNC_CLAIM_LEN)
+		return false;
+	SpinLockAcquire(&sync_shared->mutex);
+	if (sync_shared->delete_count < CLAIM_DELETE_SLOTS)
+	{
+		slot = &sync_shared->deletes[(sync_shared->delete_first +
+									  sync_shared->delete_count) % CLAIM_DELETE_SLOTS];
+		strcpy(slot->item_id, item_id);
+		strcpy(slot->claim, claim);
+		slot->lease_end = lease_end;
+		sync_shared->delete_count++;
+		queued = true;
+	}
+	SpinLockRelease(&sync_shared->mutex);
+	if (queued)
+		WakeWorker();
+	return queued;
+}
+
+/*
+ * For the worker: take up to max queued claim deletes into out; returns
+ * how many.  held says how many the worker will hold after this, for
+ * idem.sync_status.
+ */
+int
+IdemSyncTakeClaimDeletes(IdemSyncClaimDelete *out, int max, int held)
+{
+	int			n;
+
+	SpinLockAcquire(&sync_shared->mutex);
+	n = Min(max, sync_shared->delete_count);
+	for (int i = 0; i < n; i++)
+	{
+		memcpy(&out[i], &sync_shared->deletes[sync_shared->delete_first],
+			   sizeof(IdemSyncClaimDelete));
+		sync_shared->delete_first = (sync_shared->delete_first + 1) % CLAIM_DELETE_SLOTS;
+	}
+	sync_shared->delete_count -= n;
+	sync_shared->deletes_held = held + n;
+	SpinLockRelease(&sync_shared->mutex);
+	return n;
+}
+
 /* Forget the worker in shared memory when it exits. */
 static void
 SyncWorkerDetach(int code, Datum arg)
@@ -336,6 +530,8 @@ SyncWorkerDetach(int code, Datum arg)
 	sync_shared->worker_pgprocno = -1;
 	sync_shared->worker_pid = 0;
 	sync_shared->in_flight = 0;
+	/* The deletes it held are lost: those claims lapse at their lease end. */
+	sync_shared->deletes_held = 0;
 	SpinLockRelease(&sync_shared->mutex);
 }
 
@@ -426,38 +622,64 @@ IdemSyncWakeWorkerAtCommit(void)
 	wake_at_commit = true;
 }
 
-/* SQL: the sync worker's process id, requests in flight and last error. */
-Datum
-idem_sync_worker_state(PG_FUNCTION_ARGS)
+/*
+ * The row of idem.sync_worker_state(): the five columns of version 1.0,
+ * then, when the result type has them (1.1), the claim deletes waiting and
+ * the set-up problem.
+ */
+static Datum
+WorkerState(FunctionCallInfo fcinfo)
 {
 	TupleDesc	tupdesc;
-	Datum		values[5];
-	bool		nulls[5] = {false, false, false, false, false};
-	SyncShared	copy;
+	Datum		values[7];
+	bool		nulls[7];
+	SyncShared *copy;
+	const char *problem;
 
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
+	if (tupdesc->natts != 5 && tupdesc->natts != 7)
+		elog(ERROR, "idem.sync_worker_state() must return 5 or 7 columns");
+	memset(nulls, true, sizeof(nulls));
+	problem = IdemSyncSetupProblem();
+	values[6] = problem ? CStringGetTextDatum(problem) : (Datum) 0;
+	nulls[6] = problem == NULL;
 
-	if (sync_shared == NULL)
+	if (sync_shared != NULL)
 	{
-		for (int i = 0; i < 5; i++)
-			nulls[i] = true;
-		PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+		copy = palloc(offsetof(SyncShared, deletes));
+		SpinLockAcquire(&sync_shared->mutex);
+		memcpy(copy, sync_shared, offsetof(SyncShared, deletes));
+		SpinLockRelease(&sync_shared->mutex);
+
+		values[0] = Int32GetDatum(copy->worker_pid);
+		nulls[0] = copy->worker_pgprocno < 0;
+		values[1] = Int32GetDatum(copy->in_flight);
+		nulls[1] = false;
+		values[2] = Int64GetDatum((int64) copy->requests_sent);
+		nulls[2] = false;
+		values[3] = CStringGetTextDatum(copy->last_error);
+		nulls[3] = copy->last_error[0] == '\0';
+		values[4] = TimestampTzGetDatum(copy->last_error_at);
+		nulls[4] = copy->last_error_at == 0;
+		values[5] = Int32GetDatum(copy->delete_count + copy->deletes_held);
+		nulls[5] = false;
 	}
-
-	SpinLockAcquire(&sync_shared->mutex);
-	memcpy(&copy, sync_shared, sizeof(SyncShared));
-	SpinLockRelease(&sync_shared->mutex);
-
-	values[0] = Int32GetDatum(copy.worker_pid);
-	nulls[0] = copy.worker_pgprocno < 0;
-	values[1] = Int32GetDatum(copy.in_flight);
-	values[2] = Int64GetDatum((int64) copy.requests_sent);
-	values[3] = CStringGetTextDatum(copy.last_error);
-	nulls[3] = copy.last_error[0] == '\0';
-	values[4] = TimestampTzGetDatum(copy.last_error_at);
-	nulls[4] = copy.last_error_at == 0;
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+}
+
+/* SQL 1.0: the sync worker's process id, requests in flight and last error. */
+Datum
+idem_sync_worker_state(PG_FUNCTION_ARGS)
+{
+	return WorkerState(fcinfo);
+}
+
+/* SQL 1.1: the same, with the claim deletes waiting and the set-up problem. */
+Datum
+idem_sync_worker_state_1_1(PG_FUNCTION_ARGS)
+{
+	return WorkerState(fcinfo);
 }
 
 /* SQL: wake the sync worker when the current transaction commits. */

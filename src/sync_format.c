@@ -294,35 +294,65 @@ AppendStateAttributes(StringInfo buf, const TimestampTz *in_progress_expiration,
 }
 
 /*
- * Close an Item and append a condition built on Powertools' claim condition
- * with its names and values; also those of pg_claim when claim is not NULL
- * and of pg_version when version is not NULL (for a condition that names
- * them), and close the body.
+ * What a write condition names beyond Powertools' own attributes (id,
+ * expiration, status, in_progress_expiration): each one set is bound as
+ * #pg_x and :pg_x.  DynamoDB refuses names and values a condition does not
+ * use, so a condition binds exactly those it names.
+ */
+typedef struct WriteCondition
+{
+	const char *expression;
+	const char *claim;			/* pg_claim */
+	const int64 *token;			/* pg_token */
+	const int64 *version;		/* pg_version */
+	const char *role;			/* pg_role */
+	const char *database;		/* pg_database */
+} WriteCondition;
+
+/* Append ,"name":{"S":value} for a string value. */
+static void
+AppendStringValue(StringInfo buf, const char *name, const char *value)
+{
+	appendStringInfo(buf, ",\"%s\":{\"S\":", name);
+	escape_json(buf, value);
+	appendStringInfoChar(buf, '}');
+}
+
+/*
+ * Close an Item, append the write condition cond with its names and
+ * values, and close the body: the one builder of every conditional write.
  */
 static void
-AppendClaimCondition(StringInfo buf, const char *condition, const char *claim,
-					 const int64 *version, TimestampTz now)
+AppendWriteCondition(StringInfo buf, const WriteCondition *cond, TimestampTz now)
 {
-	appendStringInfo(buf, "},\"ConditionExpression\":\"%s\"", condition);
+	appendStringInfo(buf, "},\"ConditionExpression\":\"%s\"", cond->expression);
 	appendStringInfoString(buf, ",\"ExpressionAttributeNames\":{\"#id\":\"id\","
 						   "\"#expiration\":\"expiration\",\"#status\":\"status\","
 						   "\"#in_progress_expiration\":\"in_progress_expiration\"");
-	if (claim != NULL)
+	if (cond->claim != NULL)
 		appendStringInfoString(buf, ",\"#pg_claim\":\"pg_claim\"");
-	if (version != NULL)
+	if (cond->token != NULL)
+		appendStringInfoString(buf, ",\"#pg_token\":\"pg_token\"");
+	if (cond->version != NULL)
 		appendStringInfoString(buf, ",\"#pg_version\":\"pg_version\"");
+	if (cond->role != NULL)
+		appendStringInfoString(buf, ",\"#pg_role\":\"pg_role\"");
+	if (cond->database != NULL)
+		appendStringInfoString(buf, ",\"#pg_database\":\"pg_database\"");
 	appendStringInfo(buf, "},\"ExpressionAttributeValues\":{\":now\":{\"N\":\"" INT64_FORMAT "\"},"
 					 "\":now_ms\":{\"N\":\"" INT64_FORMAT "\"},"
 					 "\":inprogress\":{\"S\":\"INPROGRESS\"}",
 					 UnixEpoch(now, 1), UnixEpoch(now, 1000));
-	if (version != NULL)
-		appendStringInfo(buf, ",\":pg_version\":{\"N\":\"" INT64_FORMAT "\"}", *version);
-	if (claim != NULL)
-	{
-		appendStringInfoString(buf, ",\":pg_claim\":{\"S\":");
-		escape_json(buf, claim);
-		appendStringInfoChar(buf, '}');
-	}
+	if (cond->token != NULL)
+		appendStringInfo(buf, ",\":pg_token\":{\"N\":\"" INT64_FORMAT "\"}", *cond->token);
+	if (cond->version != NULL)
+		appendStringInfo(buf, ",\":pg_version\":{\"N\":\"" INT64_FORMAT "\"}", *cond->version);
+	if (cond->claim != NULL)
+		AppendStringValue(buf, ":pg_claim", cond->claim);
+	if (cond->role != NULL)
+		AppendStringValue(buf, ":pg_role", cond->role);
+	if (cond->database != NULL)
+		AppendStringValue(buf, ":pg_database", cond->database);
 	appendStringInfoString(buf, "}}");
 }
 
@@ -336,11 +366,12 @@ IdemSyncPutItemBody(const char *table, const char *id, Jsonb *outcome,
 					const char *database, TimestampTz now)
 {
 	StringInfoData buf;
+	WriteCondition cond = {.expression = CLAIM_CONDITION};
 
 	initStringInfo(&buf);
 	AppendItemStart(&buf, table, id, "COMPLETED", outcome, expires_at, role,
 					database);
-	AppendClaimCondition(&buf, CLAIM_CONDITION, NULL, NULL, now);
+	AppendWriteCondition(&buf, &cond, now);
 	return buf.data;
 }
 
@@ -369,6 +400,7 @@ IdemSyncPutClaimItemBody(const char *table, const char *id, const char *claim,
 						 const char *database, TimestampTz now)
 {
 	StringInfoData buf;
+	WriteCondition cond = {.expression = CLAIM_CONDITION};
 
 	initStringInfo(&buf);
 	AppendItemStart(&buf, table, id, "INPROGRESS", NULL, expires_at, role,
@@ -376,9 +408,11 @@ IdemSyncPutClaimItemBody(const char *table, const char *id, const char *claim,
 	AppendStateAttributes(&buf, &in_progress_expiration, token, 0);
 	AppendClaimAttribute(&buf, claim);
 	if (replaces != NULL)
-		AppendClaimCondition(&buf, ARBITER_CONDITION, replaces, NULL, now);
-	else
-		AppendClaimCondition(&buf, CLAIM_CONDITION, NULL, NULL, now);
+	{
+		cond.expression = ARBITER_CONDITION;
+		cond.claim = replaces;
+	}
+	AppendWriteCondition(&buf, &cond, now);
 	return buf.data;
 }
 
@@ -396,6 +430,7 @@ IdemSyncPutArbiterItemBody(const char *table, const char *id, const char *claim,
 {
 	StringInfoData buf;
 	bool		in_progress = lease != NULL && lease->in_progress;
+	WriteCondition cond = {0};
 
 	Assert(in_progress == (outcome == NULL));
 	initStringInfo(&buf);
@@ -404,8 +439,10 @@ IdemSyncPutArbiterItemBody(const char *table, const char *id, const char *claim,
 	AppendStateAttributes(&buf, in_progress ? &lease->in_progress_expiration : NULL,
 						  lease ? &lease->token : NULL, lease ? lease->version : 0);
 	AppendClaimAttribute(&buf, claim);
-	AppendClaimCondition(&buf, lease ? ARBITER_LEASE_CONDITION : ARBITER_CONDITION,
-						 claim, lease ? &lease->version : NULL, now);
+	cond.expression = lease ? ARBITER_LEASE_CONDITION : ARBITER_CONDITION;
+	cond.claim = claim;
+	cond.version = lease ? &lease->version : NULL;
+	AppendWriteCondition(&buf, &cond, now);
 	return buf.data;
 }
 
@@ -442,6 +479,7 @@ IdemSyncPutLeaseItemBody(const char *table, const char *id,
 						 const char *database, TimestampTz now)
 {
 	StringInfoData buf;
+	WriteCondition cond = {0};
 
 	Assert(lease->in_progress == (outcome == NULL));
 	initStringInfo(&buf);
@@ -450,24 +488,12 @@ IdemSyncPutLeaseItemBody(const char *table, const char *id,
 					outcome, expires_at, role, database);
 	AppendStateAttributes(&buf, lease->in_progress ? &lease->in_progress_expiration : NULL,
 						  &lease->token, lease->version);
-	appendStringInfoString(&buf, "},\"ConditionExpression\":\"" LEASE_CONDITION "\"");
-	appendStringInfoString(&buf, ",\"ExpressionAttributeNames\":{\"#id\":\"id\","
-						   "\"#expiration\":\"expiration\",\"#status\":\"status\","
-						   "\"#in_progress_expiration\":\"in_progress_expiration\","
-						   "\"#pg_token\":\"pg_token\",\"#pg_version\":\"pg_version\","
-						   "\"#pg_role\":\"pg_role\",\"#pg_database\":\"pg_database\"}");
-	appendStringInfo(&buf, ",\"ExpressionAttributeValues\":{\":now\":{\"N\":\"" INT64_FORMAT "\"},"
-					 "\":now_ms\":{\"N\":\"" INT64_FORMAT "\"},"
-					 "\":inprogress\":{\"S\":\"INPROGRESS\"},"
-					 "\":pg_token\":{\"N\":\"" INT64_FORMAT "\"},"
-					 "\":pg_version\":{\"N\":\"" INT64_FORMAT "\"},"
-					 "\":pg_role\":{\"S\":",
-					 UnixEpoch(now, 1), UnixEpoch(now, 1000),
-					 lease->token, lease->version);
-	escape_json(&buf, role);
-	appendStringInfoString(&buf, "},\":pg_database\":{\"S\":");
-	escape_json(&buf, database);
-	appendStringInfoString(&buf, "}}}");
+	cond.expression = LEASE_CONDITION;
+	cond.token = &lease->token;
+	cond.version = &lease->version;
+	cond.role = role;
+	cond.database = database;
+	AppendWriteCondition(&buf, &cond, now);
 	return buf.data;
 }
 

@@ -32,6 +32,7 @@
 #include "utils/timestamp.h"
 
 #include "catalog.h"
+#include "key.h"
 #include "sync.h"
 #include "sync_outbox.h"
 
@@ -47,6 +48,7 @@ static SPIPlanPtr retry_plan = NULL;
 static SPIPlanPtr failed_plan = NULL;
 static SPIPlanPtr conflict_plan = NULL;
 static SPIPlanPtr delivered_plan = NULL;
+static SPIPlanPtr all_delivered_plan = NULL;
 
 /* The statement sql, prepared and kept in *plan the first time. */
 static SPIPlanPtr
@@ -134,6 +136,36 @@ OutboxInsert(Oid owner, text *key, Jsonb *outcome, TimestampTz expires_at,
 
 	SetUserIdAndSecContext(save_userid, save_sec_context);
 	IdemSyncWakeWorkerAtCommit();
+	IdemSyncWarnSetup();
+}
+
+/*
+ * Refuse an outcome the sync could not store, before it is queued: a row
+ * that could never be delivered would fail for good and, in arbiter mode,
+ * leave its claim INPROGRESS until the lease ends.  The size counted is
+ * that of the JSON text, which the item's data is close to.
+ */
+void
+IdemOutboxCheckOutcome(text *key, Jsonb *outcome)
+{
+	size_t		bytes;
+
+	/*
+	 * Skip the conversion when the outcome is far below the limit: as JSON
+	 * text a character takes at most 6 bytes (\u0001), and a number that
+	 * DynamoDB accepts (up to 1E+125) fewer than 16 per byte stored.
+	 */
+	if ((size_t) VARSIZE(outcome) * 16 <= IDEM_SYNC_MAX_OUTCOME_BYTES)
+		return;
+	bytes = strlen(JsonbToCString(NULL, &outcome->root, VARSIZE(outcome)));
+	if (bytes > IDEM_SYNC_MAX_OUTCOME_BYTES)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("outcome for idempotency key \"%s\" is too large for the DynamoDB sync",
+						IdemKeyForMessage(key)),
+				 errdetail("The outcome is %zu bytes as JSON text; a DynamoDB item holds at most %d.",
+						   bytes, IDEM_SYNC_MAX_OUTCOME_BYTES),
+				 errhint("Record a smaller outcome, for example a reference to where the full result is stored.")));
 }
 
 /*
@@ -146,6 +178,7 @@ IdemOutboxRecord(Oid owner, text *key, Jsonb *outcome, TimestampTz expires_at,
 {
 	if (!IdemSyncEnabled())
 		return;
+	IdemOutboxCheckOutcome(key, outcome);
 	OutboxInsert(owner, key, outcome, expires_at, NULL, "COMPLETED", NULL,
 				 arbiter_claim);
 }
@@ -173,8 +206,11 @@ IdemOutboxRecordLease(Oid owner, text *key, int64 token, Jsonb *outcome,
 	if (TIMESTAMP_IS_NOBEGIN(lease_expires_at))
 		lease_expires_at = GetCurrentTimestamp();
 	if (outcome != NULL)
+	{
+		IdemOutboxCheckOutcome(key, outcome);
 		OutboxInsert(owner, key, outcome, expires_at, &token, "COMPLETED",
 					 NULL, arbiter_claim);
+	}
 	else
 		OutboxInsert(owner, key, NULL, expires_at, &token, "INPROGRESS",
 					 &lease_expires_at, arbiter_claim);
@@ -185,6 +221,28 @@ bool
 IdemOutboxExists(void)
 {
 	return OidIsValid(IdemTableOid("sync_outbox", true));
+}
+
+/*
+ * Whether every row of the outbox is delivered: none pending, failed or in
+ * conflict.  Reads the whole outbox; the worker asks only while a delivery
+ * problem is on record.
+ */
+bool
+IdemOutboxAllDelivered(void)
+{
+	int			ret;
+	bool		isnull;
+
+	ret = SPI_execute_plan(KeptPlan(&all_delivered_plan,
+									"SELECT NOT EXISTS (SELECT FROM idem.sync_outbox o "
+									"WHERE o.state OPERATOR(pg_catalog.<>) 'delivered')",
+									0, NULL),
+						   NULL, NULL, true, 1);
+	if (ret != SPI_OK_SELECT || SPI_processed != 1)
+		return false;
+	return DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
+									  &isnull));
 }
 
 /* Row ids as an int8[] datum. */

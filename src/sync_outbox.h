@@ -19,6 +19,12 @@
 #include "utils/jsonb.h"
 
 /*
+ * The largest outcome the sync takes, as JSON text: a DynamoDB item holds
+ * at most 400 KB, and the item needs room for its other attributes.
+ */
+#define IDEM_SYNC_MAX_OUTCOME_BYTES	(400 * 1000)
+
+/*
  * A pending outbox row that is due for delivery.  Rows of idempotent_call
  * carry an outcome and no token; rows of idem.claim and its friends carry
  * their fencing token, and either an outcome (COMPLETED) or the lease's end
@@ -66,7 +72,9 @@ extern void IdemOutboxRecordLease(Oid owner, text *key, int64 token,
 								  Jsonb *outcome, TimestampTz lease_expires_at,
 								  TimestampTz expires_at,
 								  const char *arbiter_claim);
+extern void IdemOutboxCheckOutcome(text *key, Jsonb *outcome);
 extern bool IdemOutboxExists(void);
+extern bool IdemOutboxAllDelivered(void);
 extern int	IdemOutboxFetchDue(const int64 *skip, int nskip, int limit,
 							   IdemOutboxRow **rows);
 extern TimestampTz IdemOutboxNextDue(const int64 *skip, int nskip);

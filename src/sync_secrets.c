@@ -6,9 +6,12 @@
  *
  * PostgreSQL itself logs the new value of a setting changed by a reload,
  * and log_statement may log an ALTER SYSTEM that sets one.  An emit_log_hook
- * therefore cuts every message that names a secret setting after its name,
- * and replaces the secrets themselves, from the settings and from the
- * server's environment, wherever else they appear.
+ * therefore masks what can hold a secret: the value written after the name
+ * of a secret setting ("changed to", "=", "TO", or set_config's comma), and
+ * the secrets themselves, from the settings and from the server's
+ * environment, wherever else they appear.  Anything else is left as it is:
+ * the hook sees the messages clients get too, such as the error of a SHOW
+ * that a role may not run.
  *
  * The settings are read through the addresses sync.c hands over, at the
  * time of each message, so that this file depends on nothing of the sync.
@@ -66,25 +69,114 @@ MaskSecret(char **text, const char *secret)
 	*text = out.data;
 }
 
-/* Cut a message after the name of a secret setting it mentions. */
-static void
-CutAfterSecretSetting(char **text, bool *cut)
+/*
+ * The end of the value that starts at p: a quoted literal ('...' with ''
+ * inside, E'...', "..."), or a bare word.  A value that is not closed, or
+ * dollar-quoted, runs to the end of the text.
+ */
+static const char *
+ValueEnd(const char *p)
 {
+	if ((*p == 'E' || *p == 'e') && p[1] == '\'')
+		p++;
+	if (*p == '\'' || *p == '"')
+	{
+		char		quote = *p++;
+
+		for (; *p != '\0'; p++)
+		{
+			if (*p == '\\' && p[1] != '\0')
+				p++;
+			else if (*p == quote && p[1] == quote)
+				p++;
+			else if (*p == quote)
+				return p + 1;
+		}
+		return p;
+	}
+	if (*p == '$')
+		return p + strlen(p);
+	while (*p != '\0' && !isspace((unsigned char) *p) &&
+		   *p != ';' && *p != ',' && *p != ')')
+		p++;
+	return p;
+}
+
+/*
+ * Where the value of the setting whose name ends at p starts, if the text
+ * goes on to give one; NULL otherwise.  *closing says the value is the
+ * rest of the text up to its last double quote (PostgreSQL's "parameter
+ * "..." changed to "..."").
+ */
+static const char *
+ValueStart(const char *p, bool *closing)
+{
+	*closing = false;
+	if (*p == '"' || *p == '\'')
+		p++;
+	if (strncmp(p, " changed to \"", 13) == 0)
+	{
+		*closing = true;
+		return p + 13;
+	}
+	while (isspace((unsigned char) *p))
+		p++;
+	if (*p == '=' || *p == ',')
+		p++;
+	else if (pg_strncasecmp(p, "to", 2) == 0 &&
+			 (isspace((unsigned char) p[2]) || p[2] == '\'' || p[2] == '"'))
+		p += 2;
+	else
+		return NULL;
+	while (isspace((unsigned char) *p))
+		p++;
+	return p;
+}
+
+/*
+ * Mask the values given to secret settings in *text; returns whether
+ * anything was masked.  Text that only names a setting stays as it is.
+ */
+static bool
+MaskSettingValues(char **text)
+{
+	bool		masked = false;
+
 	if (*text == NULL)
-		return;
+		return false;
 	for (size_t i = 0; i < lengthof(secret_settings); i++)
 	{
-		const char *hit = strstr(*text, secret_settings[i]);
+		/* Without "idem.": also idem."dynamodb_..." and the like. */
+		const char *name = secret_settings[i] + strlen("idem.");
+		size_t		from = 0;
+		const char *hit;
 
-		if (hit != NULL)
+		while ((hit = strstr(*text + from, name)) != NULL)
 		{
-			size_t		keep = (hit - *text) + strlen(secret_settings[i]);
+			const char *name_end = hit + strlen(name);
+			bool		closing;
+			const char *start = ValueStart(name_end, &closing);
+			const char *end;
+			StringInfoData out;
 
-			*text = psprintf("%.*s ... (value hidden by idem)", (int) keep, *text);
-			*cut = true;
-			return;
+			if (start == NULL)
+			{
+				from = name_end - *text;
+				continue;
+			}
+			end = closing ? strrchr(start, '"') : ValueEnd(start);
+			if (end == NULL || end < start)
+				end = start + strlen(start);
+			initStringInfo(&out);
+			appendBinaryStringInfo(&out, *text, start - *text);
+			appendStringInfoString(&out, "********");
+			from = out.len;
+			appendStringInfoString(&out, end);
+			*text = out.data;
+			masked = true;
 		}
 	}
+	return masked;
 }
 
 /* Keep AWS credentials out of the server log. */
@@ -92,7 +184,6 @@ static void
 SyncEmitLogHook(ErrorData *edata)
 {
 	const char *secrets[5];
-	bool		cut = false;
 
 	secrets[0] = secret_access_key_var ? *secret_access_key_var : NULL;
 	secrets[1] = session_token_var ? *session_token_var : NULL;
@@ -100,9 +191,12 @@ SyncEmitLogHook(ErrorData *edata)
 	secrets[3] = getenv("AWS_SESSION_TOKEN");
 	secrets[4] = NULL;
 
-	CutAfterSecretSetting(&edata->message, &cut);
-	CutAfterSecretSetting(&edata->detail, &cut);
-	CutAfterSecretSetting(&edata->context, &cut);
+	MaskSettingValues(&edata->message);
+	MaskSettingValues(&edata->detail);
+	MaskSettingValues(&edata->detail_log);
+	MaskSettingValues(&edata->hint);
+	MaskSettingValues(&edata->context);
+	MaskSettingValues(&edata->internalquery);
 	for (int i = 0; secrets[i] != NULL || i < 4; i++)
 	{
 		if (secrets[i] == NULL)
@@ -114,15 +208,14 @@ SyncEmitLogHook(ErrorData *edata)
 		MaskSecret(&edata->context, secrets[i]);
 		MaskSecret(&edata->internalquery, secrets[i]);
 	}
-	/* The statement text is printed separately: hide it if it names one. */
-	if (debug_query_string != NULL)
+	/* The statement text is printed separately: hide it if it sets one. */
+	if (debug_query_string != NULL && !edata->hide_stmt)
 	{
-		for (size_t i = 0; i < lengthof(secret_settings); i++)
-			if (strstr(debug_query_string, secret_settings[i] + 5) != NULL)
-				edata->hide_stmt = true;
+		char	   *stmt = (char *) debug_query_string;
+
+		if (MaskSettingValues(&stmt))
+			edata->hide_stmt = true;
 	}
-	if (cut)
-		edata->hide_stmt = true;
 
 	if (prev_emit_log_hook)
 		prev_emit_log_hook(edata);

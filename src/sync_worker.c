@@ -22,6 +22,17 @@
  * anything, the restarted worker sends every pending row again, and the
  * conditional write turns a second delivery of the same item into a no-op.
  *
+ * The worker also deletes the arbiter claims of rolled-back calls, which
+ * backends hand it through shared memory (sync.c): a conditional DeleteItem
+ * each, retried after a transient error until the claim's lease ends, when
+ * it would lapse anyway.  These live only in memory; a crash loses them,
+ * and the claims then lapse at the end of their leases.
+ *
+ * Commits wake the worker; besides, while rows are pending it looks at the
+ * outbox at least every SAFETY_POLL_MS, so that a row no wake-up announced
+ * (one made due by hand, say) does not wait for the next retry of another.
+ * An idle worker sleeps until it is woken.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -58,19 +69,24 @@
 #define RETRY_BASE_DELAY_MS 100
 /* The longest retry delay of an arbiter claim's states (RetryDelayMs). */
 #define ARBITER_RETRY_MAX_DELAY_MS 1000.0
+/* The longest the worker sleeps without a look at the outbox. */
+#define SAFETY_POLL_MS		5000
+/* Claim deletes the worker holds at most; more wait in shared memory. */
+#define MAX_CLAIM_DELETES	64
 
 typedef enum JobPhase
 {
 	JOB_PUT,					/* conditional PutItem on the wire */
-	JOB_GET						/* GetItem after a failed condition */
+	JOB_GET,					/* GetItem after a failed condition */
+	JOB_DELETE					/* DeleteItem of a rolled-back claim */
 } JobPhase;
 
 /* One outbox row being delivered. */
 typedef struct SyncJob
 {
+	JobPhase	phase;			/* first, as in ClaimDeleteJob */
 	int64		id;
 	int			attempts;
-	JobPhase	phase;
 	MemoryContext cxt;
 	char	   *item_id;
 	char	   *put_body;
@@ -81,6 +97,19 @@ typedef struct SyncJob
 	int64		token;			/* leased: the fencing token */
 	char	   *arbiter_claim;	/* arbiter mode: the claim; else NULL */
 } SyncJob;
+
+/* A claim of a rolled-back call to delete. */
+typedef struct ClaimDeleteJob
+{
+	JobPhase	phase;			/* JOB_DELETE */
+	bool		on_wire;
+	int			attempts;
+	TimestampTz next_attempt_at;
+	IdemSyncClaimDelete claim;
+} ClaimDeleteJob;
+
+static ClaimDeleteJob claim_deletes[MAX_CLAIM_DELETES];
+static int	nclaim_deletes = 0;
 
 static SyncJob **jobs;			/* idem.dynamodb_parallelism slots */
 static int	njobs = 0;
@@ -281,6 +310,10 @@ FetchJobs(TimestampTz *next_due, bool *outbox_missing)
 
 	if (!full)
 		*next_due = IdemOutboxNextDue(skip, nskip);
+	/* Nothing left to deliver: an old problem is no longer the state. */
+	if (got == 0 && njobs == 0 && *next_due == 0 && IdemSyncHasLastError() &&
+		IdemOutboxAllDelivered())
+		IdemSyncClearLastError();
 	EndWork();
 	return full;
 }
@@ -300,47 +333,74 @@ ApplyVerdicts(void)
 }
 
 /*
- * Decide what the item read back after a failed condition means for a
- * state of a leased key.  An item of the same record (same database, role
- * and, by the id, key) holding this state or a newer one means this state
- * was delivered or superseded: the newest state of a key wins, whatever
- * order its rows were sent in.  Another system's item is treated as for an
- * outcome of idempotent_call: wait while it is in progress, accept the same
- * outcome, and record anything else as a conflict.
+ * Decide what the item read back after a failed condition means for a job.
+ *
+ * First, an item of the job's own record: for a state of an arbiter claim,
+ * the item of that claim; for a state of a leased key, an item of the same
+ * record (same database, role and, by the id, key).  It holds this state
+ * or a newer one, so this one was delivered or superseded (the newest state
+ * of a key wins, whatever order its rows were sent in); or an older one,
+ * written between our PutItem and GetItem, so try again.
+ *
+ * Otherwise the item is another party's: while it is in progress an
+ * outcome waits; the same outcome is a delivery; anything else is a
+ * conflict.  A claim state of arbiter mode that finds another party's
+ * item, in progress or not, lost its key when its lease ended: a conflict.
  */
 static void
-JudgeLeaseReadBack(SyncJob *job, IdemSyncRemote *remote)
+JudgeReadBack(SyncJob *job, IdemSyncRemote *remote)
 {
+	bool		in_progress;
+
 	if (!remote->found)
 	{
 		AddVerdict(job, IDEM_OUTBOX_RETRY,
 				   "the item that failed the write condition was gone when read back", NULL);
 		return;
 	}
-	if (remote->leased &&
+	if (job->arbiter_claim != NULL &&
+		remote->pg_claim != NULL && strcmp(remote->pg_claim, job->arbiter_claim) == 0)
+	{
+		if (job->leased && remote->leased && remote->pg_version >= job->id)
+			AddVerdict(job, IDEM_OUTBOX_DELIVERED, NULL, NULL);
+		else
+			AddVerdict(job, IDEM_OUTBOX_RETRY,
+					   "an older state of the claim was written while this one was", NULL);
+		return;
+	}
+	if (job->arbiter_claim == NULL && job->leased && remote->leased &&
 		remote->pg_database != NULL && strcmp(remote->pg_database, database_name) == 0 &&
 		remote->pg_role != NULL && strcmp(remote->pg_role, job->role) == 0)
 	{
-		bool		newer = remote->pg_token > job->token ||
-			(remote->pg_token == job->token && remote->pg_version >= job->id);
-
-		/*
-		 * An older state of ours lets a newer one replace it, so one found
-		 * here was written between our PutItem and GetItem: try again.
-		 */
-		if (newer)
+		if (remote->pg_token > job->token ||
+			(remote->pg_token == job->token && remote->pg_version >= job->id))
 			AddVerdict(job, IDEM_OUTBOX_DELIVERED, NULL, NULL);
 		else
 			AddVerdict(job, IDEM_OUTBOX_RETRY,
 					   "an older state of the key was written while this one was", NULL);
 		return;
 	}
-	if (remote->status != NULL && strcmp(remote->status, "INPROGRESS") == 0)
+
+	in_progress = remote->status != NULL && strcmp(remote->status, "INPROGRESS") == 0;
+	if (job->arbiter_claim != NULL && job->outcome == NULL)
+		AddVerdict(job, IDEM_OUTBOX_CONFLICT,
+				   psprintf("item %s was taken over by another party after the claim's lease ended",
+							job->item_id),
+				   remote->data);
+	else if (in_progress)
 		AddVerdict(job, IDEM_OUTBOX_RETRY,
-				   "another system holds the key in progress", remote->data);
+				   job->arbiter_claim != NULL ?
+				   "another party holds the key in progress: the claim's lease ended before its outcome was delivered" :
+				   "another system holds the key in progress",
+				   remote->data);
 	else if (job->outcome != NULL && remote->data != NULL &&
 			 compareJsonbContainers(&remote->data->root, &job->outcome->root) == 0)
 		AddVerdict(job, IDEM_OUTBOX_DELIVERED, NULL, NULL);
+	else if (job->arbiter_claim != NULL)
+		AddVerdict(job, IDEM_OUTBOX_CONFLICT,
+				   psprintf("item %s holds another party's outcome: the claim's lease ended before its outcome was delivered",
+							job->item_id),
+				   remote->data);
 	else if (job->outcome == NULL)
 		AddVerdict(job, IDEM_OUTBOX_CONFLICT,
 				   psprintf("item %s already holds an outcome of another system", job->item_id),
@@ -352,48 +412,93 @@ JudgeLeaseReadBack(SyncJob *job, IdemSyncRemote *remote)
 }
 
 /*
- * Decide what the item read back after a failed condition means for a
- * state of an arbiter claim.  Our own claim holding this state or a newer
- * one means delivered.  Another party's item means the claim's lease
- * lapsed before this state landed: an outcome waits while that party runs
- * the key and is a conflict unless it recorded the same outcome; a lease
- * state that lost its key is a conflict.
+ * Decide what a DeleteItem answer means for a rolled-back claim: done when
+ * the claim is gone (or was never there, or was replaced); after a
+ * transient error, again later while its lease lasts.
  */
 static void
-JudgeArbiterReadBack(SyncJob *job, IdemSyncRemote *remote)
+HandleClaimDeleteResult(ClaimDeleteJob *del, IdemDynamoResult *res)
 {
-	if (!remote->found)
+	TimestampTz now = GetCurrentTimestamp();
+	TimestampTz retry_at;
+
+	del->on_wire = false;
+	del->attempts++;
+	retry_at = now + (TimestampTz) (RetryDelayMs(del->attempts, true) * 1000);
+	if (res->status == IDEM_DYNAMO_TRANSIENT && retry_at < del->claim.lease_end)
 	{
-		AddVerdict(job, IDEM_OUTBOX_RETRY,
-				   "the item that failed the write condition was gone when read back", NULL);
+		del->next_attempt_at = retry_at;
 		return;
 	}
-	if (remote->pg_claim != NULL && strcmp(remote->pg_claim, job->arbiter_claim) == 0)
+	if (res->status != IDEM_DYNAMO_OK && res->status != IDEM_DYNAMO_CONDITION_FAILED)
 	{
-		if (job->leased && remote->leased && remote->pg_version >= job->id)
-			AddVerdict(job, IDEM_OUTBOX_DELIVERED, NULL, NULL);
-		else
-			AddVerdict(job, IDEM_OUTBOX_RETRY,
-					   "an older state of the claim was written while this one was", NULL);
-		return;
+		ereport(LOG,
+				(errmsg("idem DynamoDB sync could not delete the claim on item %s of a rolled-back call",
+						del->claim.item_id),
+				 errdetail_internal("%s", res->error ? res->error : "no answer"),
+				 errhint("Other parties can run the key once the claim's lease ends.")));
+		IdemSyncSetLastError(psprintf("could not delete the claim on item %s of a rolled-back call: %s",
+									  del->claim.item_id, res->error ? res->error : "no answer"));
 	}
-	if (job->outcome == NULL)
-		AddVerdict(job, IDEM_OUTBOX_CONFLICT,
-				   psprintf("item %s was taken over by another party after the claim's lease ended",
-							job->item_id),
-				   remote->data);
-	else if (remote->status != NULL && strcmp(remote->status, "INPROGRESS") == 0)
-		AddVerdict(job, IDEM_OUTBOX_RETRY,
-				   "another party holds the key in progress: the claim's lease ended before its outcome was delivered",
-				   remote->data);
-	else if (remote->data != NULL &&
-			 compareJsonbContainers(&remote->data->root, &job->outcome->root) == 0)
-		AddVerdict(job, IDEM_OUTBOX_DELIVERED, NULL, NULL);
-	else
-		AddVerdict(job, IDEM_OUTBOX_CONFLICT,
-				   psprintf("item %s holds another party's outcome: the claim's lease ended before its outcome was delivered",
-							job->item_id),
-				   remote->data);
+	/* Done: mark it for removal by SendClaimDeletes. */
+	del->claim.item_id[0] = '\0';
+}
+
+/*
+ * Take the claim deletes queued in shared memory, drop the finished ones,
+ * and send those due.  Returns when the next retry falls due (0: none).
+ */
+static TimestampTz
+SendClaimDeletes(void)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	TimestampTz next = 0;
+	int			kept = 0;
+
+	for (int i = 0; i < nclaim_deletes; i++)
+		if (claim_deletes[i].claim.item_id[0] != '\0')
+		{
+			if (kept != i)
+				claim_deletes[kept] = claim_deletes[i];
+			kept++;
+		}
+	nclaim_deletes = kept;
+	{
+		IdemSyncClaimDelete taken[MAX_CLAIM_DELETES];
+		int			ntaken = IdemSyncTakeClaimDeletes(taken,
+													  MAX_CLAIM_DELETES - nclaim_deletes,
+													  nclaim_deletes);
+
+		for (int i = 0; i < ntaken; i++)
+		{
+			ClaimDeleteJob *del = &claim_deletes[nclaim_deletes++];
+
+			memset(del, 0, sizeof(ClaimDeleteJob));
+			del->phase = JOB_DELETE;
+			del->next_attempt_at = now;
+			del->claim = taken[i];
+		}
+	}
+	for (int i = 0; i < nclaim_deletes; i++)
+	{
+		ClaimDeleteJob *del = &claim_deletes[i];
+
+		if (del->on_wire)
+			continue;
+		if (del->next_attempt_at > now)
+		{
+			if (next == 0 || del->next_attempt_at < next)
+				next = del->next_attempt_at;
+			continue;
+		}
+		IdemDynamoSend(client, "DeleteItem",
+					   IdemSyncDeleteClaimBody(idem_dynamodb_table, del->claim.item_id,
+											   del->claim.claim),
+					   del);
+		IdemSyncCountRequest();
+		del->on_wire = true;
+	}
+	return next;
 }
 
 /* Decide what a PutItem or GetItem answer means for its job. */
@@ -402,6 +507,11 @@ HandleResult(IdemDynamoResult *res)
 {
 	SyncJob    *job = (SyncJob *) res->private;
 
+	if (job->phase == JOB_DELETE)
+	{
+		HandleClaimDeleteResult((ClaimDeleteJob *) res->private, res);
+		return;
+	}
 	if (res->status == IDEM_DYNAMO_TRANSIENT)
 	{
 		AddVerdict(job, IDEM_OUTBOX_RETRY, res->error, NULL);
@@ -437,23 +547,7 @@ HandleResult(IdemDynamoResult *res)
 		IdemSyncRemote remote;
 
 		IdemSyncReadItem(res->body, &remote);
-		if (job->arbiter_claim)
-			JudgeArbiterReadBack(job, &remote);
-		else if (job->leased)
-			JudgeLeaseReadBack(job, &remote);
-		else if (!remote.found)
-			AddVerdict(job, IDEM_OUTBOX_RETRY,
-					   "the item that failed the write condition was gone when read back", NULL);
-		else if (remote.status != NULL && strcmp(remote.status, "INPROGRESS") == 0)
-			AddVerdict(job, IDEM_OUTBOX_RETRY,
-					   "another system holds the key in progress", remote.data);
-		else if (remote.data != NULL &&
-				 compareJsonbContainers(&remote.data->root, &job->outcome->root) == 0)
-			AddVerdict(job, IDEM_OUTBOX_DELIVERED, NULL, NULL);
-		else
-			AddVerdict(job, IDEM_OUTBOX_CONFLICT,
-					   psprintf("item %s already holds a different outcome", job->item_id),
-					   remote.data);
+		JudgeReadBack(job, &remote);
 	}
 	else
 		AddVerdict(job, IDEM_OUTBOX_RETRY, "GetItem answered a failed condition", NULL);
@@ -468,6 +562,9 @@ ResetClient(void)
 	client = NULL;
 	while (njobs > 0)
 		DropJob(jobs[0]);
+	/* The claim deletes on the wire go out again with the next client. */
+	for (int i = 0; i < nclaim_deletes; i++)
+		claim_deletes[i].on_wire = false;
 }
 
 /* Build a client from the settings; NULL, with the reason recorded, if none. */
@@ -490,6 +587,7 @@ IdemSyncWorkerMain(Datum main_arg)
 	bool		more_waiting = false;
 	bool		outbox_missing = false;
 	TimestampTz next_due = 0;
+	TimestampTz last_fetch_at = 0;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
@@ -512,8 +610,10 @@ IdemSyncWorkerMain(Datum main_arg)
 	for (;;)
 	{
 		IdemDynamoResult res;
-		long		timeout = -1;
+		long		timeout;
 		bool		woken;
+		TimestampTz next_delete;
+		TimestampTz wake_at;
 
 		CHECK_FOR_INTERRUPTS();
 		MemoryContextReset(loop_cxt);
@@ -537,11 +637,17 @@ IdemSyncWorkerMain(Datum main_arg)
 
 		if (!IdemSyncEnabled() || outbox_missing)
 		{
-			/* Nothing to do until a reload or a commit sets the latch. */
+			/*
+			 * Nothing to do until a reload or a commit sets the latch; a
+			 * missing outbox is looked for again now and then, since
+			 * CREATE EXTENSION wakes nobody.
+			 */
 			ResetClient();
 			IdemSyncSetInFlight(0);
-			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_EXIT_ON_PM_DEATH, -1,
-							 PG_WAIT_EXTENSION);
+			(void) WaitLatch(MyLatch,
+							 WL_LATCH_SET | WL_EXIT_ON_PM_DEATH |
+							 (outbox_missing ? WL_TIMEOUT : 0),
+							 SAFETY_POLL_MS, PG_WAIT_EXTENSION);
 			ResetLatch(MyLatch);
 			outbox_missing = false;
 			need_fetch = true;
@@ -568,9 +674,19 @@ IdemSyncWorkerMain(Datum main_arg)
 
 		if (next_due != 0 && GetCurrentTimestamp() >= next_due)
 			need_fetch = true;
+		/*
+		 * The safety poll, while rows are pending: a row that no wake-up
+		 * announced waits no longer than SAFETY_POLL_MS behind them.  An
+		 * idle worker does not poll.
+		 */
+		if ((next_due != 0 || njobs > 0) &&
+			TimestampDifferenceExceeds(last_fetch_at, GetCurrentTimestamp(),
+									   SAFETY_POLL_MS))
+			need_fetch = true;
 		if ((need_fetch || more_waiting) && njobs < maxjobs)
 		{
 			need_fetch = false;
+			last_fetch_at = GetCurrentTimestamp();
 			more_waiting = FetchJobs(&next_due, &outbox_missing);
 			if (outbox_missing)
 			{
@@ -581,14 +697,23 @@ IdemSyncWorkerMain(Datum main_arg)
 			ApplyVerdicts();
 		}
 
+		next_delete = SendClaimDeletes();
 		IdemSyncSetInFlight(njobs);
 
-		if (next_due != 0)
+		wake_at = 0;
+		if (next_due != 0 || njobs > 0)
+			wake_at = TimestampTzPlusMilliseconds(last_fetch_at, SAFETY_POLL_MS);
+		if (next_due != 0 && next_due < wake_at)
+			wake_at = next_due;
+		if (next_delete != 0 && (wake_at == 0 || next_delete < wake_at))
+			wake_at = next_delete;
+		timeout = -1;
+		if (wake_at != 0)
 		{
 			long		secs;
 			int			usecs;
 
-			TimestampDifference(GetCurrentTimestamp(), next_due, &secs, &usecs);
+			TimestampDifference(GetCurrentTimestamp(), wake_at, &secs, &usecs);
 			timeout = secs * 1000 + usecs / 1000 + 1;
 		}
 		if (more_waiting && njobs < maxjobs)

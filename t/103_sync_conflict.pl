@@ -104,8 +104,16 @@ $node->safe_psql('postgres', q{ALTER SYSTEM RESET idem.dynamodb_table; ALTER SYS
 $node->poll_query_until('postgres', q{SELECT current_setting('idem.dynamodb_table') = 'idem_test'});
 sleep 1;
 
-$node->safe_psql('postgres',
+my ($ret, $out, $err) = $node->psql('postgres',
 	q{SELECT idem.idempotent_call('too-big', 'public.echo(jsonb)'::regprocedure, jsonb_build_object('blob', repeat('x', 450 * 1024)))});
+like($err, qr/outcome for idempotency key "too-big" is too large for the DynamoDB sync/,
+	'an outcome over 400 KB is refused at the call');
+# A row queued without that check (by the library of idem 1.0, say) still
+# fails permanently in the worker.
+$node->safe_psql('postgres', q{
+INSERT INTO idem.sync_outbox (owner, key, key_prefix, outcome, expires_at)
+VALUES ('postgres', 'too-big', 'idem', jsonb_build_object('blob', repeat('x', 450 * 1024)), now() + interval '1 day');
+SELECT idem.sync_wakeup();});
 ok($node->poll_query_until('postgres', q{SELECT state = 'failed' FROM idem.sync_outbox WHERE key = 'too-big'}),
 	'an item over 400 KB fails permanently');
 like($node->safe_psql('postgres', q{SELECT last_error FROM idem.sync_outbox WHERE key = 'too-big'}),
