@@ -12,7 +12,7 @@ OBJS = idem.o \
 	src/catalog.o src/key.o src/fingerprint.o src/callsite.o \
 	src/keytable.o src/keylock.o src/lease.o src/arbiter.o \
 	src/sync.o src/sync_secrets.o src/sync_outbox.o src/sync_format.o \
-	src/sync_worker.o src/dynamodb.o
+	src/sync_worker.o src/dynamodb.o src/stats.o
 SHLIB_LINK += -lcurl
 PG_CONFIG ?= pg_config
 # PostgreSQL built with OpenSSL: the request fingerprint uses its digest directly

@@ -38,6 +38,7 @@
 #include "errcodes.h"
 #include "key.h"
 #include "keylock.h"
+#include "stats.h"
 
 /*
  * locktag_field4 of idem's advisory locks.  SQL advisory locks use 1 and 2,
@@ -88,6 +89,7 @@ WaitBounded(const LOCKTAG *keytag, TransactionId xid, text *key,
 		left = LockTimeout;
 	snprintf(timeout, sizeof(timeout), "%d", left);
 
+	IdemStatsWaitBegin();
 	nestlevel = NewGUCNestLevel();
 	(void) set_config_option("lock_timeout", timeout, PGC_USERSET, PGC_S_SESSION,
 							 GUC_ACTION_SAVE, true, 0, false);
@@ -109,6 +111,7 @@ WaitBounded(const LOCKTAG *keytag, TransactionId xid, text *key,
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
+	IdemStatsWaitEnd();
 	AtEOXact_GUC(true, nestlevel);
 }
 
@@ -147,6 +150,7 @@ IdemWaitForWriter(TransactionId xid, text *key, const IdemWait *wait)
 void
 IdemReportKeyInUse(text *key, int wait_timeout_ms)
 {
+	IdemStatsCount(IDEM_STAT_TIMEOUT);
 	ereport(ERROR,
 			(errcode(ERRCODE_IDEM_KEY_IN_USE),
 			 errmsg("idempotency key \"%s\" is in use by another transaction",
