@@ -453,11 +453,6 @@ IdemStatsInit(void)
 							 "Takes effect only when idem is in shared_preload_libraries.",
 							 &idem_track, true,
 							 PGC_SUSET, 0, NULL, NULL, NULL);
-	DefineCustomIntVariable("idem.stats_max",
-							"Most (database, role, target) entries idem.stats keeps.",
-							"A new entry arriving at a full table evicts the entry with the fewest calls.",
-							&idem_stats_max, 1000, 100, 1000000,
-							PGC_POSTMASTER, 0, NULL, NULL, NULL);
 	DefineCustomStringVariable("idem.log_events",
 							   "Events of idem written to the server log, one line each, with the key.",
 							   "none, all, or a list of executions, replays, waits, conflicts.  The lines quote idempotency keys, which may hold personal data.",
@@ -465,8 +460,14 @@ IdemStatsInit(void)
 							   PGC_SUSET, GUC_LIST_INPUT,
 							   CheckLogEvents, AssignLogEvents, NULL);
 
+	/* a PGC_POSTMASTER setting cannot be defined after startup */
 	if (process_shared_preload_libraries_in_progress)
 	{
+		DefineCustomIntVariable("idem.stats_max",
+								"Most (database, role, target) entries idem.stats keeps.",
+								"A new entry arriving at a full table evicts the entry with the fewest calls.",
+								&idem_stats_max, 1000, 100, 1000000,
+								PGC_POSTMASTER, 0, NULL, NULL, NULL);
 		prev_shmem_request_hook = shmem_request_hook;
 		shmem_request_hook = StatsShmemRequest;
 		prev_shmem_startup_hook = shmem_startup_hook;
