@@ -19,10 +19,7 @@ use Test::More;
 use IPC::Run;
 use Time::HiRes ();
 use IdemTestUtil;
-
-my @COUNTS = qw(calls executions replays replays_after_wait waits timeouts
-  mismatches stale_tokens errors takeovers resumptions releases
-  dynamodb_claims dynamodb_replays dynamodb_failures dynamodb_requests);
+use StatsTest;
 
 my $node = NewNode('stats');
 # Installed below IDEM_DESTDIR: the preloaded library is found from there.
@@ -40,6 +37,7 @@ idem.wait_timeout = '60s'
 });
 $node->start;
 LoadShop($node);
+StatsTest::watch($node);
 $node->safe_psql('postgres', q{
 CREATE FUNCTION shop.fail(payload jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
 BEGIN
@@ -50,44 +48,6 @@ CREATE ROLE bob LOGIN;
 CREATE ROLE watcher LOGIN IN ROLE pg_read_all_stats;
 GRANT USAGE ON SCHEMA idem TO alice, bob, watcher;
 });
-
-# The whole view as { "api fn role" => { column => value } }.
-sub snapshot
-{
-	my $rows = $node->safe_psql('postgres', q{
-		SELECT api || ' ' || coalesce(fn::text, '-') || ' ' || pg_get_userbyid(userid),
-		       } . join(', ', @COUNTS) . q{
-		  FROM idem.stats});
-	my %s;
-	for my $line (split /\n/, $rows)
-	{
-		my ($name, @v) = split /\|/, $line;
-		@{ $s{$name} }{@COUNTS} = @v;
-	}
-	return \%s;
-}
-
-# Run $action, then check that exactly the counters of %want moved, by the
-# amounts given; every other counter of every row stays.
-sub step
-{
-	my ($what, $action, %want) = @_;
-	my $before = snapshot();
-	$action->();
-	my $after = snapshot();
-	my @bad;
-	my %rows = map { $_ => 1 } keys %$before, keys %$after;
-	for my $row (sort keys %rows)
-	{
-		for my $col (@COUNTS)
-		{
-			my $d = ($after->{$row}{$col} // 0) - ($before->{$row}{$col} // 0);
-			my $w = $want{$row}{$col} // 0;
-			push @bad, "$row $col moved by $d, expected $w" if $d != $w;
-		}
-	}
-	ok(!@bad, $what) or diag(join("\n", @bad));
-}
 
 # The wait times of a row.
 sub wait_times
