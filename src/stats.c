@@ -209,6 +209,8 @@ CheckLogEvents(char **newval, void **extra, GucSource source)
 			return false;
 		}
 	}
+	list_free(items);
+	pfree(raw);
 	/* PostgreSQL 15 frees extra with free(); guc_malloc came in 16 */
 	result = (int *) malloc(sizeof(int));
 	if (result == NULL)
