@@ -12,10 +12,12 @@
  * writes the entries to pg_stat/ at a clean shutdown and reads them back at
  * the next start, as pg_stat_statements does; a crash loses them.
  *
- * The hot path costs one shared hash lookup per call: an entry point opens
- * a frame in backend memory, events add to the frame where they happen,
- * and the frame is added to its entry, under the shared lock and the
- * entry's spinlock, when the call returns or its (sub)transaction aborts.
+ * The hot path costs at most one shared hash lookup per call: an entry
+ * point opens a frame in backend memory, events add to the frame where they
+ * happen, and the frame is added to its entry, under the shared lock and
+ * the entry's spinlock, when the call returns or its (sub)transaction
+ * aborts.  The lookup is skipped when the entry is the one the backend
+ * counted into last and no entry was evicted since.
  * Two events are known only at transaction end: a first run whose
  * transaction commits is an execution, one whose (sub)transaction aborts an
  * error; they wait in a short per-transaction list meanwhile.
@@ -118,6 +120,7 @@ typedef struct StatsEntry
 typedef struct StatsShared
 {
 	LWLock	   *lock;			/* shared to count, exclusive to add/remove */
+	uint64		evictions;		/* entries removed since start */
 } StatsShared;
 
 /* A running call of an entry point, in backend memory. */
@@ -156,6 +159,15 @@ static int	log_mask = 0;
 
 static StatsShared *stats_shared = NULL;
 static HTAB *stats_hash = NULL;
+
+/*
+ * The entry this backend last counted into.  A backend counts into one
+ * entry most of the time, so it skips the hash lookup while no entry has
+ * been evicted since (an entry cannot move or go while it holds the lock).
+ */
+static StatsKey cached_key;
+static StatsEntry *cached_entry = NULL;
+static uint64 cached_evictions = 0;
 
 static CallFrame frames[MAX_FRAMES];
 static int	nframes = 0;		/* may exceed MAX_FRAMES: those are not kept */
@@ -274,7 +286,10 @@ EnterEntry(const StatsKey *key)
 				victim = e;
 		}
 		if (victim != NULL)
+		{
 			(void) hash_search(stats_hash, &victim->key, HASH_REMOVE, NULL);
+			stats_shared->evictions++;
+		}
 	}
 	entry = hash_search(stats_hash, key, HASH_ENTER_NULL, &found);
 	if (entry != NULL && !found)
@@ -312,12 +327,22 @@ Store(const StatsKey *key, const StatsCounters *c)
 	if (stats_shared == NULL)
 		return;
 	LWLockAcquire(stats_shared->lock, LW_SHARED);
-	entry = hash_search(stats_hash, key, HASH_FIND, NULL);
-	if (entry == NULL)
+	if (cached_entry != NULL && cached_evictions == stats_shared->evictions &&
+		cached_key.dbid == key->dbid && cached_key.userid == key->userid &&
+		cached_key.fn == key->fn && cached_key.api == key->api)
+		entry = cached_entry;
+	else
 	{
-		LWLockRelease(stats_shared->lock);
-		LWLockAcquire(stats_shared->lock, LW_EXCLUSIVE);
-		entry = EnterEntry(key);
+		entry = hash_search(stats_hash, key, HASH_FIND, NULL);
+		if (entry == NULL)
+		{
+			LWLockRelease(stats_shared->lock);
+			LWLockAcquire(stats_shared->lock, LW_EXCLUSIVE);
+			entry = EnterEntry(key);
+		}
+		cached_entry = entry;
+		cached_key = *key;
+		cached_evictions = stats_shared->evictions;
 	}
 	if (entry != NULL)
 		AddCounters(entry, c);
@@ -429,7 +454,10 @@ StatsShmemStartup(void)
 	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
 	stats_shared = ShmemInitStruct("idem stats", sizeof(StatsShared), &found);
 	if (!found)
+	{
 		stats_shared->lock = &(GetNamedLWLockTranche(STATS_TRANCHE))->lock;
+		stats_shared->evictions = 0;
+	}
 	info.keysize = sizeof(StatsKey);
 	info.entrysize = sizeof(StatsEntry);
 	stats_hash = ShmemInitHash("idem stats hash", idem_stats_max, idem_stats_max,

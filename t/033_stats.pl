@@ -324,13 +324,30 @@ $node->safe_psql('postgres', q{
 		END LOOP;
 	END $$;
 	SELECT idem.idempotent_call('e-' || i, format('shop.f%s(jsonb)', i)::regprocedure, '{}'::jsonb)
-	  FROM generate_series(1, 100) i;
+	  FROM generate_series(1, 100) i WHERE i <> 37;
 	SELECT idem.idempotent_call('e-' || i || '-again', format('shop.f%s(jsonb)', i)::regprocedure, '{}'::jsonb)
 	  FROM generate_series(1, 100) i WHERE i <> 37;});
+# a session that keeps counting into shop.f37's entry
+my ($in, $bout, $berr) = ('', '', '');
+my $session = IPC::Run::start([ 'psql', '-X', '-At', '-d', $node->connstr('postgres') ],
+	'<', \$in, '>', \$bout, '2>', \$berr);
+sub in_session
+{
+	my ($sql) = @_;
+	$bout = '';
+	$in .= "$sql;\n";
+	$session->pump until $bout =~ /\n$/;
+}
+in_session(q{SELECT idem.idempotent_call('e-37', 'shop.f37(jsonb)', '{}'::jsonb)});
 is($node->safe_psql('postgres', q{SELECT count(*) FROM idem.stats}), '100', 'the table is full at idem.stats_max');
 call('e-new', '{}');
 is($node->safe_psql('postgres', q{SELECT count(*) || ' ' || count(*) FILTER (WHERE fn = 'shop.f37(jsonb)'::regprocedure) || ' ' || count(*) FILTER (WHERE fn = 'shop.place_order(jsonb)'::regprocedure) FROM idem.stats}),
 	'100 0 1', 'a new entry evicts the one with the fewest calls');
+in_session(q{SELECT idem.idempotent_call('e-37-again', 'shop.f37(jsonb)', '{}'::jsonb)});
+is($node->safe_psql('postgres', q{SELECT count(*) || ' ' || string_agg(calls::text, ',') FILTER (WHERE fn = 'shop.f37(jsonb)'::regprocedure) || ' ' || count(*) FILTER (WHERE fn = 'shop.place_order(jsonb)'::regprocedure) FROM idem.stats}),
+	'100 1 0', 'a session that counted into an evicted entry counts into a new one');
+$in .= "\\q\n";
+$session->finish;
 $node->stop;
 
 # --- without shared_preload_libraries --------------------------------
