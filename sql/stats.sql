@@ -23,9 +23,3 @@ SET idem.log_events = 'none';
 SET idem.log_events = 'replays, nothing';
 SET idem.log_events = 'none, replays';
 RESET idem.log_events;
-
--- without the preload, idem.log_events still logs (LOG lines go to the
--- server log only, not to this client)
-SET idem.log_events = 'replays';
-SELECT idem.idempotent_call('stats-1', 't.stats_echo(jsonb)', '{"n": 1}'::jsonb);
-RESET idem.log_events;

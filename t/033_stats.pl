@@ -359,6 +359,9 @@ is($plain->safe_psql('postgres', q{SELECT idem.idempotent_call('p1', 'public.f(i
 ($ret, $out, $err) = $plain->psql('postgres', q{SELECT * FROM idem.stats});
 like($err, qr/ERROR:  idem statistics are not collected/, 'reading idem.stats without the preload is an error');
 like($err, qr/HINT:  Add idem to shared_preload_libraries and restart the server\./, 'with a hint');
+$plain->safe_psql('postgres', q{SET idem.log_events = 'replays'; SELECT idem.idempotent_call('p1', 'public.f(int)', 1)});
+like(slurp_file($plain->logfile), qr/idem: idempotency key "p1" replayed, role "postgres", f\(integer\)/,
+	'idem.log_events works without the preload');
 $plain->stop;
 
 done_testing();
