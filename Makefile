@@ -12,7 +12,7 @@ OBJS = idem.o \
 	src/catalog.o src/key.o src/fingerprint.o src/callsite.o \
 	src/keytable.o src/keylock.o src/lease.o src/arbiter.o \
 	src/sync.o src/sync_secrets.o src/sync_outbox.o src/sync_format.o \
-	src/sync_worker.o src/dynamodb.o
+	src/sync_worker.o src/dynamodb.o src/stats.o
 SHLIB_LINK += -lcurl
 PG_CONFIG ?= pg_config
 # PostgreSQL built with OpenSSL: the request fingerprint uses its digest directly
@@ -24,7 +24,7 @@ EXTENSION = idem
 DATA = idem--1.0.sql idem--1.1.sql idem--1.0--1.1.sql
 PGFILEDESC = "idem - idempotency keys for PostgreSQL"
 
-REGRESS = setup call replay mismatch failure expiry roles purge bad_input replayed_flag hostile key_table lease lease_waits lease_sync_commit arbiter untyped_args fn_versions
+REGRESS = setup call replay mismatch failure expiry roles purge bad_input replayed_flag hostile key_table lease lease_waits lease_sync_commit arbiter untyped_args fn_versions stats
 REGRESS_OPTS =
 ISOLATION = first_writer_wins rollback_frees_key many_waiters wait_timeout repeatable_read expired_record lease_holders reindex_key key_order_deadlock
 ISOLATION_OPTS =

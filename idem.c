@@ -47,6 +47,7 @@
 #include "keylock.h"
 #include "keytable.h"
 #include "lease.h"
+#include "stats.h"
 #include "sync.h"
 #include "sync_outbox.h"
 
@@ -117,6 +118,7 @@ _PG_init(void)
 	RegisterSubXactCallback(LastCallSubXactCallback, NULL);
 	IdemSyncInit();
 	IdemArbiterInit();
+	IdemStatsInit();
 #if PG_VERSION_NUM >= 150000
 	MarkGUCPrefixReserved("idem");
 #else
@@ -269,6 +271,7 @@ idem_idempotent_call(PG_FUNCTION_ARGS)
 						IdemKeyForMessage(key)),
 				 errdetail("idem.idempotent_call needs the function to run on the first call."),
 				 errhint("Name the function with its argument types, for example 'shop.place_order(jsonb)'.")));
+	IdemStatsBeginCall(IDEM_TARGET_CALL, PG_GETARG_OID(1), key);
 	site = IdemGetCallSite(fcinfo, PG_GETARG_OID(1));
 	IdemReadArguments(site, fcinfo, values, nulls);
 	request_hash = IdemRequestFingerprint(site, values, nulls);
@@ -278,6 +281,8 @@ idem_idempotent_call(PG_FUNCTION_ARGS)
 	{
 		IdemKeyTableClose(&table);
 		if (probe.record.token != 0 || probe.record.request_hash != request_hash)
+		{
+			IdemStatsCount(IDEM_STAT_MISMATCH);
 			ereport(ERROR,
 					(errcode(ERRCODE_IDEM_KEY_MISMATCH),
 					 errmsg("idempotency key \"%s\" was already used for a different request",
@@ -286,6 +291,9 @@ idem_idempotent_call(PG_FUNCTION_ARGS)
 					 errdetail("The key is claimed or recorded through idem.claim, whose outcomes idem.idempotent_call does not replay.") :
 					 errdetail("The outcome recorded for this key came from a call with another function or other arguments."),
 					 errhint("Use a new key for a new request; repeat the original request to get its outcome.")));
+		}
+		IdemStatsCount(IDEM_STAT_REPLAY);
+		IdemStatsEndCall();
 		SetLastCallState(1);
 		PG_RETURN_JSONB_P(probe.record.outcome);
 	}
@@ -293,6 +301,7 @@ idem_idempotent_call(PG_FUNCTION_ARGS)
 	IdemKeyTableEndProbes(&table);
 	if (idem_arbiter == IDEM_ARBITER_DYNAMODB)
 		ClaimInDynamoDB(owner, key, &arbiter);
+	IdemStatsCount(arbiter.replay ? IDEM_STAT_REPLAY : IDEM_STAT_EXECUTION);
 	if (arbiter.replay)
 		record.outcome = arbiter.outcome;
 	else
@@ -317,6 +326,7 @@ idem_idempotent_call(PG_FUNCTION_ARGS)
 		IdemOutboxRecord(owner, key, record.outcome, record.expires_at,
 						 arbiter.claim);
 	IdemKeyLockRelease(&keylock);
+	IdemStatsEndCall();
 	SetLastCallState(arbiter.replay ? 1 : 0);
 	PG_RETURN_JSONB_P(record.outcome);
 }
@@ -389,7 +399,11 @@ idem_claim(PG_FUNCTION_ARGS)
 	request = PG_ARGISNULL(1) ? NULL : PG_GETARG_JSONB_P(1);
 	lease_usecs = LeaseArgument(fcinfo, 2, key, true);
 
+	IdemStatsBeginCall(IDEM_TARGET_CLAIM, InvalidOid, key);
 	IdemLeaseClaim(GetUserId(), key, request, lease_usecs, &settings, &claim);
+	if (claim.replay)
+		IdemStatsCount(IDEM_STAT_REPLAY);
+	IdemStatsEndCall();
 
 	values[0] = CStringGetTextDatum(claim.replay ? "replay" : "run");
 	values[1] = Int64GetDatum(claim.token);
@@ -416,8 +430,10 @@ idem_complete(PG_FUNCTION_ARGS)
 	IdemLeaseSettings settings = LeaseSettings();
 
 	IdemLeaseRequireToken(PG_ARGISNULL(1), key);
+	IdemStatsBeginCall(IDEM_TARGET_HOLDER, InvalidOid, key);
 	IdemLeaseComplete(GetUserId(), key, PG_GETARG_INT64(1),
 					  PG_ARGISNULL(2) ? NULL : PG_GETARG_JSONB_P(2), &settings);
+	IdemStatsEndCall();
 	PG_RETURN_VOID();
 }
 
@@ -433,9 +449,11 @@ idem_checkpoint(PG_FUNCTION_ARGS)
 	IdemLeaseSettings settings = LeaseSettings();
 
 	IdemLeaseRequireToken(PG_ARGISNULL(1), key);
+	IdemStatsBeginCall(IDEM_TARGET_HOLDER, InvalidOid, key);
 	IdemLeaseCheckpoint(GetUserId(), key, PG_GETARG_INT64(1),
 						PG_ARGISNULL(2) ? NULL : PG_GETARG_TEXT_PP(2),
 						PG_ARGISNULL(3) ? NULL : PG_GETARG_JSONB_P(3), &settings);
+	IdemStatsEndCall();
 	PG_RETURN_VOID();
 }
 
@@ -450,11 +468,15 @@ idem_extend(PG_FUNCTION_ARGS)
 	text	   *key = IdemKeyArgument(fcinfo, 0, idem_max_key_length);
 	IdemLeaseSettings settings = LeaseSettings();
 	int64		lease_usecs;
+	TimestampTz lease_end;
 
 	IdemLeaseRequireToken(PG_ARGISNULL(1), key);
 	lease_usecs = LeaseArgument(fcinfo, 2, key, false);
-	PG_RETURN_TIMESTAMPTZ(IdemLeaseExtend(GetUserId(), key, PG_GETARG_INT64(1),
-										  lease_usecs, &settings));
+	IdemStatsBeginCall(IDEM_TARGET_HOLDER, InvalidOid, key);
+	lease_end = IdemLeaseExtend(GetUserId(), key, PG_GETARG_INT64(1),
+								lease_usecs, &settings);
+	IdemStatsEndCall();
+	PG_RETURN_TIMESTAMPTZ(lease_end);
 }
 
 /*
@@ -469,6 +491,8 @@ idem_release(PG_FUNCTION_ARGS)
 	IdemLeaseSettings settings = LeaseSettings();
 
 	IdemLeaseRequireToken(PG_ARGISNULL(1), key);
+	IdemStatsBeginCall(IDEM_TARGET_HOLDER, InvalidOid, key);
 	IdemLeaseRelease(GetUserId(), key, PG_GETARG_INT64(1), &settings);
+	IdemStatsEndCall();
 	PG_RETURN_VOID();
 }

@@ -52,6 +52,7 @@
 #include "errcodes.h"
 #include "key.h"
 #include "keylock.h"
+#include "stats.h"
 #include "sync.h"
 #include "sync_format.h"
 
@@ -173,6 +174,7 @@ RequireArbiter(text *key)
 static void
 ReportFault(text *key, const char *operation, IdemDynamoResult *res)
 {
+	IdemStatsCount(IDEM_STAT_DYNAMODB_FAILURE);
 	ereport(ERROR,
 			(errcode(ERRCODE_IDEM_ARBITER_UNAVAILABLE),
 			 errmsg("could not claim idempotency key \"%s\" in DynamoDB",
@@ -200,6 +202,7 @@ Request(text *key, const char *operation, const char *body,
 		RequireArbiter(key);
 		elog(ERROR, "no DynamoDB client: %s", problem);
 	}
+	IdemStatsRoundTripBegin();
 	IdemDynamoSend(c, operation, body, NULL);
 	PG_TRY();
 	{
@@ -215,6 +218,7 @@ Request(text *key, const char *operation, const char *body,
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
+	IdemStatsRoundTripEnd();
 }
 
 /*
@@ -469,6 +473,7 @@ IdemArbiterClaimKey(Oid owner, text *key, const int64 *token,
 				&res);
 		if (res.status == IDEM_DYNAMO_OK)
 		{
+			IdemStatsCount(IDEM_STAT_DYNAMODB_CLAIM);
 			result->claim = claim;
 			result->lease_end = lease_end;
 			return;
@@ -490,6 +495,8 @@ IdemArbiterClaimKey(Oid owner, text *key, const int64 *token,
 			strcmp(remote.status, "COMPLETED") == 0)
 		{
 			if (remote.has_data && remote.data == NULL)
+			{
+				IdemStatsCount(IDEM_STAT_MISMATCH);
 				ereport(ERROR,
 						(errcode(ERRCODE_IDEM_KEY_MISMATCH),
 						 errmsg("idempotency key \"%s\" holds an outcome in DynamoDB that is not JSON",
@@ -497,7 +504,10 @@ IdemArbiterClaimKey(Oid owner, text *key, const int64 *token,
 						 errdetail("Item %s is COMPLETED, but its data holds a set or binary value.",
 								   item_id),
 						 errhint("Use another key, or replace the item's data with a JSON value.")));
+			}
 			if (remote.pg_role != NULL && strcmp(remote.pg_role, role) != 0)
+			{
+				IdemStatsCount(IDEM_STAT_MISMATCH);
 				ereport(ERROR,
 						(errcode(ERRCODE_IDEM_KEY_MISMATCH),
 						 errmsg("idempotency key \"%s\" was recorded in DynamoDB by another role",
@@ -505,6 +515,8 @@ IdemArbiterClaimKey(Oid owner, text *key, const int64 *token,
 						 errdetail("Item %s holds the outcome of role \"%s\"; its outcome is not returned to role \"%s\".",
 								   item_id, remote.pg_role, role),
 						 errhint("In arbiter mode a key names one request across every cluster: give each role its own keys, or its own idem.dynamodb_key_prefix.")));
+			}
+			IdemStatsCount(IDEM_STAT_DYNAMODB_REPLAY);
 			result->replay = true;
 			result->outcome = remote.data ? remote.data :
 				DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum("null")));
@@ -522,6 +534,8 @@ IdemArbiterClaimKey(Oid owner, text *key, const int64 *token,
 
 		/* Someone runs the key (or it is gone since the PutItem: look again). */
 		if (now >= deadline)
+		{
+			IdemStatsCount(IDEM_STAT_TIMEOUT);
 			ereport(ERROR,
 					(errcode(ERRCODE_IDEM_KEY_IN_USE),
 					 errmsg("idempotency key \"%s\" is in use by another cluster or Lambda function",
@@ -529,7 +543,12 @@ IdemArbiterClaimKey(Oid owner, text *key, const int64 *token,
 					 errdetail("DynamoDB item %s is INPROGRESS and did not complete within idem.wait_timeout (%d ms).",
 							   item_id, wait_timeout_ms),
 					 errhint("Retry the call later: once the other party completes the key, the call returns its outcome.")));
+		}
 		if (remote.found)
+		{
+			IdemStatsWaitBegin();
 			IdemBackoffSleep(&backoff, deadline);
+			IdemStatsWaitEnd();
+		}
 	}
 }

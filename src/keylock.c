@@ -50,6 +50,7 @@
 #include "errcodes.h"
 #include "key.h"
 #include "keylock.h"
+#include "stats.h"
 
 /*
  * locktag_field4 of idem's advisory locks.  SQL advisory locks use 1 and 2,
@@ -173,6 +174,7 @@ WaitBounded(const LOCKTAG *keytag, TransactionId xid, text *key,
 		IdemReportKeyInUse(key, wait);
 	snprintf(timeout, sizeof(timeout), "%ld", Min(left, (long) INT_MAX));
 
+	IdemStatsWaitBegin();
 	nestlevel = NewGUCNestLevel();
 	(void) set_config_option("lock_timeout", timeout, PGC_USERSET, PGC_S_SESSION,
 							 GUC_ACTION_SAVE, true, 0, false);
@@ -194,6 +196,7 @@ WaitBounded(const LOCKTAG *keytag, TransactionId xid, text *key,
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
+	IdemStatsWaitEnd();
 	AtEOXact_GUC(true, nestlevel);
 }
 
@@ -208,12 +211,16 @@ WaitForPrimaryWriter(TransactionId xid, text *key, const IdemWait *wait)
 {
 	IdemBackoff backoff = {STANDBY_POLL_FIRST_MS, STANDBY_POLL_MAX_MS};
 
-	while (TransactionIdIsInProgress(xid))
+	if (!TransactionIdIsInProgress(xid))
+		return;
+	IdemStatsWaitBegin();
+	do
 	{
 		if (IdemWaitIsOver(wait, GetCurrentTimestamp()))
 			IdemReportKeyInUse(key, wait);
 		IdemBackoffSleep(&backoff, wait->deadline);
-	}
+	} while (TransactionIdIsInProgress(xid));
+	IdemStatsWaitEnd();
 }
 
 /*
@@ -256,6 +263,7 @@ IdemWaitForWriter(TransactionId xid, text *key, const IdemWait *wait)
 void
 IdemReportKeyInUse(text *key, const IdemWait *wait)
 {
+	IdemStatsCount(IDEM_STAT_TIMEOUT);
 	ereport(ERROR,
 			(errcode(ERRCODE_IDEM_KEY_IN_USE),
 			 errmsg("idempotency key \"%s\" is in use by another transaction",

@@ -48,6 +48,7 @@
 #include "keylock.h"
 #include "keytable.h"
 #include "lease.h"
+#include "stats.h"
 #include "sync.h"
 #include "sync_outbox.h"
 
@@ -155,6 +156,7 @@ RequireSynchronousCommit(void)
 static void
 ReportMismatch(text *key, const IdemRecordProbe *probe)
 {
+	IdemStatsCount(IDEM_STAT_MISMATCH);
 	ereport(ERROR,
 			(errcode(ERRCODE_IDEM_KEY_MISMATCH),
 			 errmsg("idempotency key \"%s\" was already used for a different request",
@@ -174,6 +176,7 @@ ReportMismatch(text *key, const IdemRecordProbe *probe)
 static void
 ReportClaimed(text *key, TimestampTz lease_expires_at, const IdemWait *wait)
 {
+	IdemStatsCount(IDEM_STAT_TIMEOUT);
 	ereport(ERROR,
 			(errcode(ERRCODE_IDEM_KEY_IN_USE),
 			 errmsg("idempotency key \"%s\" is claimed by another holder",
@@ -255,7 +258,9 @@ SleepOnLease(LeaseCall *call, TimestampTz lease_expires_at, IdemBackoff *backoff
 	if (IdemWaitIsOver(&call->wait, GetCurrentTimestamp()))
 		ReportClaimed(call->key, lease_expires_at, &call->wait);
 	IdemKeyTableEndProbes(&call->table);
+	IdemStatsWaitBegin();
 	IdemBackoffSleep(backoff, Min(call->wait.deadline, lease_expires_at));
+	IdemStatsWaitEnd();
 }
 
 /*
@@ -401,6 +406,10 @@ IdemLeaseClaim(Oid owner, text *key, Jsonb *request, int64 lease_usecs,
 	if (probe->state == IDEM_RECORD_CLAIMED)
 	{
 		/* take over a lapsed or released claim, with its last checkpoint */
+		if (probe->record.lease_expires_at != DT_NOBEGIN)
+			IdemStatsCount(IDEM_STAT_TAKEOVER);
+		if (!replay && probe->record.recovery_point != NULL)
+			IdemStatsCount(IDEM_STAT_RESUMPTION);
 		record.created_at = probe->record.created_at;
 		record.recovery_point = probe->record.recovery_point;
 		record.recovery_data = probe->record.recovery_data;
@@ -464,6 +473,7 @@ HeldClaim(LeaseCall *call, int64 token, const char *action)
 	if (why == NULL)
 		return record;
 
+	IdemStatsCount(IDEM_STAT_STALE_TOKEN);
 	ereport(ERROR,
 			(errcode(ERRCODE_IDEM_STALE_TOKEN),
 			 errmsg("token " INT64_FORMAT " does not hold idempotency key \"%s\"; cannot %s",
@@ -526,6 +536,7 @@ IdemLeaseComplete(Oid owner, text *key, int64 token, Jsonb *outcome,
 	record->outcome = outcome;
 	record->expires_at = now + (TimestampTz) settings->ttl_s * USECS_PER_SEC;
 	ReplaceHeldClaim(&call, record);
+	IdemStatsCount(IDEM_STAT_EXECUTION);
 	IdemOutboxRecordLease(owner, key, token, outcome,
 						  record->lease_expires_at, record->expires_at,
 						  ArbiterClaimOf(token));
@@ -600,6 +611,7 @@ IdemLeaseRelease(Oid owner, text *key, int64 token,
 	RequireSynchronousCommit();
 	record->lease_expires_at = DT_NOBEGIN;
 	ReplaceHeldClaim(&call, record);
+	IdemStatsCount(IDEM_STAT_RELEASE);
 	IdemOutboxRecordLease(owner, key, token, NULL,
 						  GetCurrentTimestamp(), record->expires_at,
 						  ArbiterClaimOf(token));
