@@ -444,7 +444,7 @@ IdemArbiterClaimKey(Oid owner, text *key, const int64 *token,
 	char	   *item_id;
 	char	   *claim;
 	char	   *role = GetUserNameFromId(owner, false);
-	TimestampTz deadline;
+	IdemWait	wait;
 	IdemBackoff backoff = {POLL_FIRST_MS, POLL_MAX_MS};
 	char	   *orphan = NULL;	/* an orphaned claim of ours to replace */
 
@@ -454,7 +454,7 @@ IdemArbiterClaimKey(Oid owner, text *key, const int64 *token,
 											get_database_name(MyDatabaseId));
 	item_id = IdemSyncItemId(idem_dynamodb_key_prefix, keystr);
 	claim = token ? IdemArbiterLeaseClaim(*token) : NewClaim(owner);
-	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), wait_timeout_ms);
+	IdemWaitStart(&wait, GetCurrentTimestamp(), wait_timeout_ms);
 	memset(result, 0, sizeof(IdemArbiterClaim));
 
 	for (;;)
@@ -533,21 +533,23 @@ IdemArbiterClaimKey(Oid owner, text *key, const int64 *token,
 		}
 
 		/* Someone runs the key (or it is gone since the PutItem: look again). */
-		if (now >= deadline)
+		if (IdemWaitIsOver(&wait, now))
 		{
 			IdemStatsCount(IDEM_STAT_TIMEOUT);
 			ereport(ERROR,
 					(errcode(ERRCODE_IDEM_KEY_IN_USE),
 					 errmsg("idempotency key \"%s\" is in use by another cluster or Lambda function",
 							IdemKeyForMessage(key)),
-					 errdetail("DynamoDB item %s is INPROGRESS and did not complete within idem.wait_timeout (%d ms).",
-							   item_id, wait_timeout_ms),
+					 errdetail("DynamoDB item %s is INPROGRESS and did not complete within %s (%d ms).",
+							   item_id,
+							   wait.by_lock_timeout ? "lock_timeout" : "idem.wait_timeout",
+							   wait.timeout_ms),
 					 errhint("Retry the call later: once the other party completes the key, the call returns its outcome.")));
 		}
 		if (remote.found)
 		{
 			IdemStatsWaitBegin();
-			IdemBackoffSleep(&backoff, deadline);
+			IdemBackoffSleep(&backoff, wait.deadline);
 			IdemStatsWaitEnd();
 		}
 	}

@@ -221,6 +221,11 @@ SET idem.wait_timeout = 0;
 @{[ call_sql('k-kill') ]}});
 like($err, qr/IK409/, 'b cannot run the key while the lease is live');
 like($err, qr/in use by another cluster or Lambda function/, 'the error says who holds it');
+($ret, $out, $err) = $b->psql('postgres', qq{\\set VERBOSITY verbose
+SET lock_timeout = '200ms';
+@{[ call_sql('k-kill') ]}});
+like($err, qr/IK409.*did not complete within lock_timeout \(200 ms\)/s,
+	'a lower lock_timeout ends the wait for the item, and the detail names it');
 ($ret, $out, $err) = call($b, 'k-kill');
 is($ret, 0, 'b runs the key once the lease lapses') or diag($err);
 cmp_ok(Time::HiRes::time() * 1000, '>=', $lease_end_ms, 'not before the lease ended');
