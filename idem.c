@@ -26,6 +26,8 @@
  * This file also defines the core settings.  Everything it calls lives in
  * src/, one concept per file; nothing there calls back into this file.
  *
+ * Copyright (c) 2026, the idem developers
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"

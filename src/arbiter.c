@@ -32,6 +32,8 @@
  * statement_timeout ends it at once; the client is then dropped, since
  * the answer still on its way belongs to no one any more.
  *
+ * Copyright (c) 2026, the idem developers
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"

@@ -5,6 +5,8 @@
  *		PostgreSQL clusters and Powertools Lambda handlers sharing a table
  *		run each key once between them.
  *
+ * Copyright (c) 2026, the idem developers
+ *
  *-------------------------------------------------------------------------
  */
 #ifndef IDEM_ARBITER_H

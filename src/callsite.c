@@ -23,6 +23,8 @@
  * that a nested call on the same key from inside fn is an error instead of
  * a second execution or a self-deadlock.
  *
+ * Copyright (c) 2026, the idem developers
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"

@@ -3,6 +3,8 @@
  * callsite.h
  *		Resolve, check and invoke the function that idempotent_call runs.
  *
+ * Copyright (c) 2026, the idem developers
+ *
  *-------------------------------------------------------------------------
  */
 #ifndef IDEM_CALLSITE_H

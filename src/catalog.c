@@ -8,6 +8,8 @@
  * than through search_path, means no setting of the caller's can point idem
  * at a look-alike table.
  *
+ * Copyright (c) 2026, the idem developers
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"

@@ -3,6 +3,8 @@
  * catalog.h
  *		Finding idem's own tables in the current database.
  *
+ * Copyright (c) 2026, the idem developers
+ *
  *-------------------------------------------------------------------------
  */
 #ifndef IDEM_CATALOG_H

@@ -17,6 +17,8 @@
  * libcurl allocates with malloc: nothing libcurl owns is palloc'd, and no
  * libcurl callback can raise a PostgreSQL error.
  *
+ * Copyright (c) 2026, the idem developers
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"

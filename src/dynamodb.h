@@ -8,6 +8,8 @@
  * request bodies it is given, and sorts the answers.  Any process with a
  * latch can use it.
  *
+ * Copyright (c) 2026, the idem developers
+ *
  *-------------------------------------------------------------------------
  */
 #ifndef IDEM_DYNAMODB_H

@@ -10,6 +10,8 @@
  * a precondition of the write.  IK503 (Service Unavailable) is a DynamoDB
  * fault in arbiter mode: retryable, and nothing ran.
  *
+ * Copyright (c) 2026, the idem developers
+ *
  *-------------------------------------------------------------------------
  */
 #ifndef IDEM_ERRCODES_H

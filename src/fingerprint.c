@@ -22,6 +22,8 @@
  * deprecates these functions but still provides them; a build of it without
  * deprecated functions gets pg_cryptohash.
  *
+ * Copyright (c) 2026, the idem developers
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"

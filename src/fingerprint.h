@@ -4,6 +4,8 @@
  *		The request fingerprint: a digest of a canonical encoding of a
  *		call's function and arguments.
  *
+ * Copyright (c) 2026, the idem developers
+ *
  *-------------------------------------------------------------------------
  */
 #ifndef IDEM_FINGERPRINT_H

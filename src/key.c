@@ -9,6 +9,8 @@
  * operator can find the request; a long key is shortened, since keys may
  * be megabytes of hostile input.
  *
+ * Copyright (c) 2026, the idem developers
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"

@@ -3,6 +3,8 @@
  * key.h
  *		The idempotency key argument: its checks and its form in messages.
  *
+ * Copyright (c) 2026, the idem developers
+ *
  *-------------------------------------------------------------------------
  */
 #ifndef IDEM_KEY_H

@@ -26,6 +26,8 @@
  * backend, so that a nested call on the same key is an error instead of a
  * second execution or a self-deadlock.
  *
+ * Copyright (c) 2026, the idem developers
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"

@@ -3,6 +3,8 @@
  * keylock.h
  *		Serialise first calls on one idempotency key.
  *
+ * Copyright (c) 2026, the idem developers
+ *
  *-------------------------------------------------------------------------
  */
 #ifndef IDEM_KEYLOCK_H

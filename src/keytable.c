@@ -18,6 +18,8 @@
  * per (role, key).  A row of idem.claim changes in place as its holders
  * come and go (IdemKeyTableUpdate), so it keeps one index entry per key.
  *
+ * Copyright (c) 2026, the idem developers
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"

@@ -3,6 +3,8 @@
  * keytable.h
  *		Read and write idem.records, the key table.
  *
+ * Copyright (c) 2026, the idem developers
+ *
  *-------------------------------------------------------------------------
  */
 #ifndef IDEM_KEYTABLE_H

@@ -27,6 +27,8 @@
  * is raised only once the commit has begun, since a function's SET clause
  * puts the setting back when the function returns.
  *
+ * Copyright (c) 2026, the idem developers
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"

@@ -3,6 +3,8 @@
  * lease.h
  *		Claims with a lease, for work done outside the database.
  *
+ * Copyright (c) 2026, the idem developers
+ *
  *-------------------------------------------------------------------------
  */
 #ifndef IDEM_LEASE_H

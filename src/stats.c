@@ -22,6 +22,8 @@
  * transaction commits is an execution, one whose (sub)transaction aborts an
  * error; they wait in a short per-transaction list meanwhile.
  *
+ * Copyright (c) 2026, the idem developers
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"

@@ -10,6 +10,8 @@
  * and the frame is added to shared memory once, when the entry point
  * returns (IdemStatsEndCall) or its (sub)transaction aborts.
  *
+ * Copyright (c) 2026, the idem developers
+ *
  *-------------------------------------------------------------------------
  */
 #ifndef IDEM_STATS_H

@@ -19,6 +19,8 @@
  * wait for DynamoDB while it aborts, and its outbox rows vanish with it, so
  * it hands each claim to the worker through shared memory instead.
  *
+ * Copyright (c) 2026, the idem developers
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"

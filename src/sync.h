@@ -9,6 +9,8 @@
  * execution; nothing else of the sync is meant for it.  The rest of this
  * header serves the other files of the sync.
  *
+ * Copyright (c) 2026, the idem developers
+ *
  *-------------------------------------------------------------------------
  */
 #ifndef IDEM_SYNC_H

@@ -25,6 +25,8 @@
  * release writes a lease that ended at the release.  Once completed, the
  * item is COMPLETED with data, exactly like an item of idempotent_call.
  *
+ * Copyright (c) 2026, the idem developers
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"

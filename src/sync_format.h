@@ -4,6 +4,8 @@
  *		The DynamoDB form of idem's outcomes and leased keys: Powertools
  *		item ids, request bodies, and reading an item back.
  *
+ * Copyright (c) 2026, the idem developers
+ *
  *-------------------------------------------------------------------------
  */
 #ifndef IDEM_SYNC_FORMAT_H

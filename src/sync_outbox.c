@@ -19,6 +19,8 @@
  * pending: a row a user changed while its request was on the wire keeps
  * the user's change.
  *
+ * Copyright (c) 2026, the idem developers
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"

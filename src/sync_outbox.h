@@ -8,6 +8,8 @@
  * due rows and writes back what became of them with the other functions,
  * which run inside the caller's transaction and SPI connection.
  *
+ * Copyright (c) 2026, the idem developers
+ *
  *-------------------------------------------------------------------------
  */
 #ifndef IDEM_SYNC_OUTBOX_H

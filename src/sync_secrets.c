@@ -16,6 +16,8 @@
  * The settings are read through the addresses sync.c hands over, at the
  * time of each message, so that this file depends on nothing of the sync.
  *
+ * Copyright (c) 2026, the idem developers
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"

@@ -3,6 +3,8 @@
  * sync_secrets.h
  *		Keeping the sync's AWS credentials out of sight: SHOW and the log.
  *
+ * Copyright (c) 2026, the idem developers
+ *
  *-------------------------------------------------------------------------
  */
 #ifndef IDEM_SYNC_SECRETS_H

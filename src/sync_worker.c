@@ -33,6 +33,8 @@
  * (one made due by hand, say) does not wait for the next retry of another.
  * An idle worker sleeps until it is woken.
  *
+ * Copyright (c) 2026, the idem developers
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"

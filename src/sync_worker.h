@@ -6,6 +6,8 @@
  * The postmaster finds IdemSyncWorkerMain by name in the library (sync.c
  * registers the worker), so it must stay exported under this name.
  *
+ * Copyright (c) 2026, the idem developers
+ *
  *-------------------------------------------------------------------------
  */
 #ifndef IDEM_SYNC_WORKER_H

@@ -1,3 +1,5 @@
+# Copyright (c) 2026, the idem developers
+
 # Rule 2: a replay writes nothing, so it works on a hot standby, where a
 # first call fails with SQLSTATE 25006 and runs nothing.
 use strict;

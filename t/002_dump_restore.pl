@@ -1,3 +1,5 @@
+# Copyright (c) 2026, the idem developers
+
 # Rule 10: pg_dump keeps the records, so a restored database replays instead
 # of running the function again, for the role that made each record.
 use strict;

@@ -1,3 +1,5 @@
+# Copyright (c) 2026, the idem developers
+
 # A backend killed with SIGKILL in the middle of fn: the server recovers, the
 # half-done call left nothing behind, and the key is free for a retry.
 use strict;

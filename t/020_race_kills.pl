@@ -1,3 +1,5 @@
+# Copyright (c) 2026, the idem developers
+
 # Race with kills: many sessions retry a moving window of a few hundred keys
 # at once through a function that writes a side effect and sleeps a few
 # milliseconds, while random backends are killed with SIGKILL and the server

@@ -1,3 +1,5 @@
+# Copyright (c) 2026, the idem developers
+
 # Poolers: through pgbouncer in transaction pooling mode, where consecutive
 # transactions of one client run on different server sessions, concurrent
 # retries still execute once and every client gets the one recorded outcome;

@@ -1,3 +1,5 @@
+# Copyright (c) 2026, the idem developers
+
 # Fuzzing: sqlsmith sends random queries, as a non-superuser, to a database
 # with idem installed, some records and a function to call.  No backend may
 # crash: the log shows no backend terminated by a signal and no restart, and

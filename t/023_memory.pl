@@ -1,3 +1,5 @@
+# Copyright (c) 2026, the idem developers
+
 # Memory: a backend's memory does not grow over a long run of calls, replays
 # and errors.  One session runs a mix of first calls, replays and every kind
 # of failed call; the total of its memory contexts after N rounds and after

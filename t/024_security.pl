@@ -1,3 +1,5 @@
+# Copyright (c) 2026, the idem developers
+
 # Security: idem.control is not trusted, so a non-superuser cannot create,
 # update or drop the extension and is told why; once a superuser installs it,
 # non-superusers use it.  One role can never read, replay, purge or detect

@@ -1,3 +1,5 @@
+# Copyright (c) 2026, the idem developers
+
 # The HTTP example (examples/http): a charges service that honours
 # Idempotency-Key through idem.claim, checkpoint and complete, in front of a
 # fake payment provider that counts charges and honours a key of its own.

@@ -1,3 +1,5 @@
+# Copyright (c) 2026, the idem developers
+
 # The lease API beyond one session: exactly one holder per key among many
 # concurrent clients, directly and through pgbouncer in transaction pooling;
 # a crashed holder (the application) frees its key when its lease lapses,

@@ -1,3 +1,5 @@
+# Copyright (c) 2026, the idem developers
+
 # idem.idempotent_call through real drivers and the extended protocol's bind
 # parameters.  node-pg sends every parameter without a type; psycopg 3 sends
 # strings without a type and other values typed.  A call whose arguments

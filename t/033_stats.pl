@@ -1,3 +1,5 @@
+# Copyright (c) 2026, the idem developers
+
 
 # 033_stats.pl
 #	idem.stats: every counter moves by the event it names and by nothing

@@ -1,3 +1,5 @@
+# Copyright (c) 2026, the idem developers
+
 # ALTER EXTENSION idem UPDATE from 1.0 to 1.1: every record written under
 # 1.0 still replays and every live claim can still be completed afterwards;
 # and the updated extension is the same, member by member, as a fresh

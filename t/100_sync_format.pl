@@ -1,3 +1,5 @@
+# Copyright (c) 2026, the idem developers
+
 
 # 100_sync_format.pl
 #	The DynamoDB items idem writes: Powertools ids on awkward keys (checked

@@ -1,3 +1,5 @@
+# Copyright (c) 2026, the idem developers
+
 
 # 101_sync_delivery.pl
 #	Delivery through the SigV4-verifying proxy: committed first executions

@@ -1,3 +1,5 @@
+# Copyright (c) 2026, the idem developers
+
 
 # 102_sync_faults.pl
 #	Faults: the endpoint down then up, 500s and throttling, answers slower

@@ -1,3 +1,5 @@
+# Copyright (c) 2026, the idem developers
+
 
 # 103_sync_conflict.pl
 #	First writer wins across systems: an item another writer put first is

@@ -1,3 +1,5 @@
+# Copyright (c) 2026, the idem developers
+
 
 # 104_sync_lease.pl
 #	Keys of idem.claim in DynamoDB: a live claim is an INPROGRESS item whose

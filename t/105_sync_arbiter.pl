@@ -1,3 +1,5 @@
+# Copyright (c) 2026, the idem developers
+
 
 # 105_sync_arbiter.pl
 #	Arbiter mode (idem.arbiter = 'dynamodb'): two clusters and Powertools for

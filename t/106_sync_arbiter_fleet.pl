@@ -1,3 +1,5 @@
+# Copyright (c) 2026, the idem developers
+
 
 # 106_sync_arbiter_fleet.pl
 #	Arbiter mode across a fleet: three PostgreSQL clusters with

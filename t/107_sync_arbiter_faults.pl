@@ -1,3 +1,5 @@
+# Copyright (c) 2026, the idem developers
+
 
 # 107_sync_arbiter_faults.pl
 #	Arbiter mode (idem.arbiter = 'dynamodb') under faults.  Two clusters make

@@ -1,3 +1,5 @@
+# Copyright (c) 2026, the idem developers
+
 
 # 108_sync_hardening.pl
 #	The DynamoDB sync where it used to fail quietly: arbiter mode outside

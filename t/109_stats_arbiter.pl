@@ -1,3 +1,5 @@
+# Copyright (c) 2026, the idem developers
+
 
 # 109_stats_arbiter.pl
 #	idem.stats in arbiter mode, two clusters on one dynalite table: a won

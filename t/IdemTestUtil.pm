@@ -1,3 +1,5 @@
+# Copyright (c) 2026, the idem developers
+
 # IdemTestUtil: what idem's TAP tests share.
 #
 # NewNode makes a PostgreSQL::Test::Cluster that loads idem from where it was

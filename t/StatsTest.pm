@@ -1,3 +1,5 @@
+# Copyright (c) 2026, the idem developers
+
 # StatsTest: what the tests of idem.stats share.
 #
 # step() runs an action and checks that exactly the counters it names moved

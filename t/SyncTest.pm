@@ -1,3 +1,5 @@
+# Copyright (c) 2026, the idem developers
+
 
 # SyncTest.pm
 #	Helpers for idem's DynamoDB sync TAP tests: start dynalite behind the
