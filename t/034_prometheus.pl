@@ -3,8 +3,10 @@
 #	monitoring/prometheus: Debian's prometheus-postgres-exporter, with
 #	idem_queries.yaml, scrapes a cluster after a known workload, and the
 #	scraped counters equal the workload's; the exporter runs as a role set
-#	up as the query file says.  promtool checks the rules file and runs its
-#	unit tests.
+#	up as the query file says.  A second database holds a known sync state
+#	(idem.dynamodb_table set, outbox rows in every state) and each idem_sync
+#	metric equals what idem.sync_status shows.  promtool checks the rules
+#	file and runs its unit tests.
 
 use strict;
 use warnings;
