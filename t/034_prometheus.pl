@@ -1,3 +1,5 @@
+# Copyright (c) 2026, the idem developers
+
 
 # 034_prometheus.pl
 #	monitoring/prometheus: Debian's prometheus-postgres-exporter, with
