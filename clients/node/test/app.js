@@ -16,6 +16,7 @@ export async function makeApp(pool, { providerUrl, lease = 3000, wait = 5000 } =
   const runs = new Map();   // key -> executions of a route's body
   const count = (req) => runs.set(req.get('Idempotency-Key'), (runs.get(req.get('Idempotency-Key')) ?? 0) + 1);
   const app = express();
+  app.set('env', 'test');   // finalhandler: no stack traces on stderr
   app.use(express.json());
   const idem = idempotency(pool, { lease, wait });
 
@@ -30,12 +31,12 @@ export async function makeApp(pool, { providerUrl, lease = 3000, wait = 5000 } =
         body: JSON.stringify({ amount: req.body.amount, currency: 'eur' }),
       });
       charge = (await answer.json()).id;
-      const pause = Number(req.get('X-Test-Pause-After-Charge') ?? 0);
+      await step.checkpoint('charged', { charge });
+      const pause = Number(req.get('X-Test-Pause-After-Checkpoint') ?? 0);
       if (pause > 0) {
-        console.log(`pause after-charge key=${step.key}`);
+        console.log(`pause after-checkpoint key=${step.key}`);
         await new Promise((resolve) => setTimeout(resolve, pause));
       }
-      await step.checkpoint('charged', { charge });
     }
     const { rows: [order] } = await step.client.query(
       'INSERT INTO app.orders (key, charge, amount) VALUES ($1, $2, $3) RETURNING id', [step.key, charge, req.body.amount]);
