@@ -24,6 +24,8 @@ export interface Step {
   recovery: { point: string; data: Json } | null;
   /** Aborted when a heartbeat finds the key lost (IK412). */
   readonly signal: AbortSignal;
+  /** Stop the heartbeat (work that must not outlive the lease, or a test of a stalled holder). */
+  stopHeartbeat(): void;
   /** Record a recovery point, committed at once; call it before step.client's first query. */
   checkpoint(name: string, data?: unknown): Promise<void>;
   /** A connection in a transaction begun on its first query; complete joins it and commits it. */

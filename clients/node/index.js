@@ -84,17 +84,18 @@ async function claim(pool, key, request, leaseMs, waitMs) {
     } catch (err) {
       broken = err.code === undefined ? err : undefined;
       if (!broken) await client.query('ROLLBACK').catch(() => {});
-      if (err.code !== 'IK409' || Date.now() + pause > deadline) {
+      if (err.code !== 'IK409' || Date.now() >= deadline) {
         if (err.code === 'IK409') {
           throw new KeyInUseError(err, `idempotency key "${key}" is still in use after waiting ${waitMs} ms`,
-            Math.max(1, Math.ceil(leaseMs / 3000)));
+            1);
         }
         throw idemError(err);
       }
     } finally {
       client.release(broken);
     }
-    await sleep(pause * (0.5 + Math.random()));
+    // The last pause ends at the deadline, so a caller waits the whole bound.
+    await sleep(Math.max(0, Math.min(pause * (0.5 + Math.random()), deadline - Date.now())));
     pause = Math.min(pause * 2, 500);
   }
 }
@@ -168,6 +169,11 @@ class Step {
     this._stopped = true;
     clearInterval(this._timer);
     if (this._inQuery) await this._inQuery.catch(() => {});
+  }
+
+  /** Stop the heartbeat: the lease then ends lease ms after the last extend (work that must not outlive it, or a test of a stalled holder). */
+  stopHeartbeat() {
+    clearInterval(this._timer);
   }
 
   /** Record a recovery point (autocommit: it survives a crash); the next holder after a lapse gets it as step.recovery. */
