@@ -136,3 +136,22 @@ test('SIGKILL after the external call and its checkpoint, before complete: the r
     second.child.kill();
   }
 });
+
+test('a slow route is kept alive by the heartbeat past two leases; a retry meanwhile waits and replays', async () => {
+  const made = await makeApp(pool, { providerUrl, lease: 1000, wait: 10000 });
+  const slow = await listen(made.app);
+  try {
+    const key = freshKey('http-slow');
+    const first = post(`${slow.url}/echo`, key, { sleep: 2600 });
+    await sleep(1500);
+    const retry = await post(`${slow.url}/echo`, key, { sleep: 2600 });
+    const answer = await first;
+    assert.equal(answer.status, 200);
+    assert.equal(retry.status, 200);
+    assert.equal(retry.headers.get('idempotent-replayed'), 'true');
+    assert.equal(retry.text, answer.text);
+    assert.equal(made.runs.get(`"${key}"`), 1);
+  } finally {
+    await slow.close();
+  }
+});
