@@ -93,12 +93,19 @@ test('no key: 400, unless the route makes it optional; a malformed key: 400', as
 });
 
 test('a route that throws: 500, the key is released and the retry runs', async () => {
+  // A 60 s lease and a 2 s wait: only a released key lets the retry run.
+  const made = await makeApp(pool, { providerUrl, lease: 60000, wait: 2000 });
+  const long = await listen(made.app);
   const key = freshKey('http-throw');
-  const failed = await post(`${server.url}/echo`, key, { fail: true });
-  assert.equal(failed.status, 500);
-  const retry = await post(`${server.url}/echo`, key, { fail: true });
-  assert.equal(retry.status, 500);
-  assert.equal(runs.get(`"${key}"`), 2);
+  try {
+    const failed = await post(`${long.url}/echo`, key, { fail: true });
+    assert.equal(failed.status, 500);
+    const retry = await post(`${long.url}/echo`, key, { fail: true });
+    assert.equal(retry.status, 500);
+    assert.equal(made.runs.get(`"${key}"`), 2);
+  } finally {
+    await long.close();
+  }
   const { rows } = await pool.query("SELECT status FROM idem.my_records WHERE key = $1", [key]);
   assert.notEqual(rows[0]?.status, 'completed');
   // A 4xx is recorded and replayed.
