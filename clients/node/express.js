@@ -107,7 +107,11 @@ export function idempotency(pool, options = {}) {
     } catch (err) {
       if (err instanceof Unrecorded) return res.end(err.response.body);
       if (err instanceof IdemError) {
-        if (res.headersSent) return undefined;
+        // IK412 can come after the route wrote its headers: drop them (or,
+        // already on the wire, the connection) rather than send them with
+        // an error.
+        if (res.headersSent) return res.destroy();
+        for (const name of res.getHeaderNames()) res.removeHeader(name);
         const retry = err.httpStatus === 409 ? { 'Retry-After': String(err.retryAfter ?? 1) } : {};
         return problem(res, err.httpStatus, err.name, err.message, retry);
       }
