@@ -162,3 +162,32 @@ test('a slow route is kept alive by the heartbeat past two leases; a retry meanw
     await slow.close();
   }
 });
+
+test('a stalled holder whose lease lapsed is refused (IK412, 409) and the new holder\'s response stands', async () => {
+  const one = makePool('main', 1);
+  const stalledApp = await makeApp(one, { providerUrl, lease: 1000, wait: 5000, holdable: true });
+  const freshApp = await makeApp(pool, { providerUrl, lease: 1000, wait: 10000 });
+  const stalled = await listen(stalledApp.app);
+  const fresh = await listen(freshApp.app);
+  try {
+    const key = freshKey('http-stale');
+    const old = post(`${stalled.url}/echo`, key, { hold: true });
+    while (!stalledApp.gates.has(key)) await sleep(20);
+    await sleep(1500);   // past its 1 s lease, with no heartbeat
+    const taken = await post(`${fresh.url}/echo`, key, { hold: true });
+    assert.equal(taken.status, 200);
+    assert.equal(taken.headers.get('idempotent-replayed'), null);
+    stalledApp.gates.get(key)();
+    const refused = await old;
+    assert.equal(refused.status, 409);
+    assert.equal(JSON.parse(refused.text).title, 'StaleTokenError');
+    assert.ok(refused.headers.get('retry-after'));
+    const retry = await post(`${fresh.url}/echo`, key, { hold: true });
+    assert.equal(retry.headers.get('idempotent-replayed'), 'true');
+    assert.equal(retry.text, taken.text);
+  } finally {
+    await stalled.close();
+    await fresh.close();
+    await one.end();
+  }
+});

@@ -9,11 +9,12 @@ import pg from 'pg';
 import { pathToFileURL } from 'node:url';
 import { idempotency } from '../express.js';
 
-export async function makeApp(pool, { providerUrl, lease = 3000, wait = 5000 } = {}) {
+export async function makeApp(pool, { providerUrl, lease = 3000, wait = 5000, holdable = false } = {}) {
   await pool.query(`CREATE SCHEMA IF NOT EXISTS app;
     CREATE TABLE IF NOT EXISTS app.orders (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
       key text NOT NULL, charge text NOT NULL, amount bigint NOT NULL)`);
   const runs = new Map();   // key -> executions of a route's body
+  const gates = new Map();  // key -> releases a request held by {"hold": true} (holdable apps only)
   const count = (req) => runs.set(req.get('Idempotency-Key'), (runs.get(req.get('Idempotency-Key')) ?? 0) + 1);
   const app = express();
   app.set('env', 'test');   // finalhandler: no stack traces on stderr
@@ -47,6 +48,11 @@ export async function makeApp(pool, { providerUrl, lease = 3000, wait = 5000 } =
   app.post('/echo', idem, async (req, res) => {
     count(req);
     await new Promise((resolve) => setTimeout(resolve, req.body.sleep ?? 0));
+    if (holdable && req.body.hold) {
+      // Open step.client's transaction, then wait: with a pool of one, no heartbeat gets through.
+      await req.idem.client.query('SELECT 1');
+      await new Promise((resolve) => gates.set(req.idem.key, resolve));
+    }
     if (req.body.fail) throw new Error('the route failed');
     if (req.body.status) return res.status(req.body.status).json({ rejected: true });
     return res.json({ echo: req.body, at: Date.now(), n: runs.get(req.get('Idempotency-Key')) });
@@ -56,7 +62,7 @@ export async function makeApp(pool, { providerUrl, lease = 3000, wait = 5000 } =
     count(req);
     res.json({ keyed: req.idem !== undefined });
   });
-  return { app, runs };
+  return { app, runs, gates };
 }
 
 if (import.meta.url === pathToFileURL(process.argv[1]).href) {
