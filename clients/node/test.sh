@@ -26,15 +26,14 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 (cd "$here" && { [ -f node_modules/.package-lock.json ] && cmp -s package-lock.json node_modules/.installed-lock; } \
     || { npm ci --no-audit --no-fund --loglevel=error >/dev/null && cp package-lock.json node_modules/.installed-lock; })
-chmod -R a+rX "$here" "$root/examples/http"
 
 # shellcheck source-path=SCRIPTDIR source=../../scripts/cluster.sh
 source "$root/scripts/cluster.sh"
 scratch=$(mktemp -d /tmp/idem-node.XXXXXX)
 chmod 755 "$scratch"
-bouncer_pid=''
 cleanup() {
-    [ -z "$bouncer_pid" ] || kill "$bouncer_pid" 2>/dev/null || true
+    # pgbouncer's own pid (from its pidfile): $! would be the as_pg subshell's
+    [ -f "$scratch/bouncer/pgbouncer.pid" ] && kill "$(cat "$scratch/bouncer/pgbouncer.pid")" 2>/dev/null || true
     cluster_stop "$scratch/arbiter"
     cluster_stop "$scratch/main"
     rm -rf "$scratch"
@@ -67,10 +66,10 @@ pool_mode = transaction
 default_pool_size = 5
 max_client_conn = 200
 logfile = $scratch/bouncer/pgbouncer.log
+pidfile = $scratch/bouncer/pgbouncer.pid
 INI
 [ "$(id -u)" -eq 0 ] && chown -R postgres: "$scratch/bouncer"
 as_pg pgbouncer "$scratch/bouncer/pgbouncer.ini" >/dev/null 2>&1 &
-bouncer_pid=$!
 for _ in $(seq 100); do
     as_pg psql -X -qAt -h "$scratch/bouncer" -p "$bouncer_port" -d postgres -c 'SELECT 1' >/dev/null 2>&1 && break
     sleep 0.1
