@@ -11,7 +11,7 @@
 //   PROVIDER_URL         the payment provider, default http://127.0.0.1:8081
 //   LEASE_MS             how long a claim holds a key without a heartbeat (3000)
 //   WAIT_TIMEOUT_MS      how long a retry waits for a request in flight before
-//                        409 (idem.wait_timeout; 2000)
+//                        409 (2000)
 //   POOL_SIZE            PostgreSQL connections (10)
 //   PROVIDER_TIMEOUT_MS  give up on the provider after this long: 502 (10000)
 //   TEST_HOOKS=1         honour the request headers X-Test-Pause-After-Charge,
@@ -21,23 +21,24 @@
 //                        no heartbeat, so a test can kill -9 the service in
 //                        that window or let the lease lapse
 //
-// One request, one pooled connection, from claim to commit:
-//   1. claim the key with the request body (autocommit, so that retries see
-//      the claim at once).  'replay': send the recorded response.  'run':
-//      this request holds the key for LEASE_MS and has a fencing token.
+// A request, with once() from clients/node (@idem/node):
+//   1. once() claims the key with the request body.  A recorded key: send
+//      the recorded response.  A key in flight: once() retries outside the
+//      pool for up to WAIT_TIMEOUT_MS, then 409.  Otherwise this request
+//      holds the key for LEASE_MS, extended by once()'s heartbeat.
 //   2. unless an earlier holder that died left the checkpoint 'charged',
 //      charge through the provider, passing the same key as the provider's
 //      own Idempotency-Key (so a charge made before a crash is found, not
-//      repeated), extending the lease meanwhile; then checkpoint 'charged'
-//      with the charge (autocommit: it must survive our crash).
-//   3. in one transaction: insert the order and complete the key with the
-//      response, so that both are recorded or neither is.
-//   On an error after the claim, release the key so that a retry runs at once
-//   (it inherits the checkpoint, if any).
+//      repeated); then checkpoint 'charged' with the charge (committed at
+//      once: it must survive our crash).
+//   3. insert the order through step.client; once() records the response with
+//      complete in that transaction, so that both are recorded or neither is.
+//   On an error, once() releases the key so that a retry runs at once (it
+//   inherits the checkpoint, if any).
 'use strict';
 
 const http = require('node:http');
-const { Pool, DatabaseError } = require('pg');
+const { Pool } = require('pg');
 
 const config = {
   port: Number(process.argv[2] || process.env.PORT || 8080),
@@ -48,21 +49,9 @@ const config = {
   providerTimeoutMs: Number(process.env.PROVIDER_TIMEOUT_MS || 10000),
   testHooks: process.env.TEST_HOOKS === '1',
 };
-const lease = `${config.leaseMs} milliseconds`;
 
-const pool = new Pool({
-  max: config.poolSize,
-  options: [process.env.PGOPTIONS, `-c idem.wait_timeout=${config.waitTimeoutMs}ms`].filter(Boolean).join(' '),
-});
+const pool = new Pool({ max: config.poolSize });
 pool.on('error', (err) => console.error(`idle connection lost: ${err.message}`));
-
-// idem's SQLSTATEs and the HTTP status each becomes; anything else is 500.
-const STATUS_OF = {
-  IK400: 400, // empty or overlong key
-  IK409: 409, // another request with this key is still in flight
-  IK412: 409, // this request lost the key (its lease lapsed and a retry took over)
-  IK422: 422, // the key was used for a different request
-};
 
 class HttpError extends Error {
   constructor(status, code, message) {
@@ -114,9 +103,10 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 // The test hooks: hold this request at a named point, and say so on stdout
 // (synchronously, for a file), so that a test knows when to kill us.
 function pauses(req, key) {
-  return async (point) => {
+  return async (point, step) => {
     const ms = config.testHooks ? Number(req.headers[`x-test-pause-${point}`] || 0) : 0;
     if (ms > 0) {
+      step.stopHeartbeat();
       console.log(`pause ${point} key=${key} ms=${ms}`);
       await sleep(ms);
     }
@@ -164,75 +154,32 @@ async function chargeProvider(key, { amount, currency }) {
   return body;
 }
 
-// Run work() while extending the lease every third of it, so that a slow
-// provider does not let a retry take the key over meanwhile.
-async function withHeartbeat(db, key, token, work) {
-  const beat = setInterval(() => {
-    db.query('SELECT idem.extend($1, $2, $3)', [key, token, lease])
-      .catch((err) => console.error(`heartbeat for ${key}: ${err.message}`));  // checkpoint will fail too
-  }, config.leaseMs / 3);
-  try {
-    return await work();
-  } finally {
-    clearInterval(beat);
-  }
-}
-
-// Steps 2 and 3, for a claim in state 'run'.
-async function run(db, key, request, claim, pause) {
-  const { token } = claim;
-  let charge;
-  if (claim.recovery_point === 'charged') {
-    charge = claim.recovery_data.charge;   // charged before a crash: do not call the provider again
-  } else {
-    charge = await withHeartbeat(db, key, token, () => chargeProvider(key, request));
-    await pause('after-charge');
-    await db.query("SELECT idem.checkpoint($1, $2, 'charged', $3)", [key, token, { charge }]);
-    await pause('after-checkpoint');
-  }
-
-  await db.query('BEGIN');
-  try {
+// Charge once per key with @idem/node's once(): it claims the key (without
+// waiting on a pooled connection), heartbeats with idem.extend, releases the
+// key on any error, and records the response with idem.complete in the
+// transaction of step.client, which commits it with the order.
+async function chargeOnce(key, request, pause) {
+  return onceDetailed(pool, { key, request, lease: config.leaseMs, wait: config.waitTimeoutMs }, async (step) => {
+    // Charged before a crash: reuse that charge instead of calling the provider again.
+    let charge = step.recovery?.point === 'charged' ? step.recovery.data.charge : undefined;
+    if (charge === undefined) {
+      charge = await chargeProvider(key, request);
+      await pause('after-charge', step);
+      await step.checkpoint('charged', { charge });   // commits at once: it must survive our crash
+      await pause('after-checkpoint', step);
+    }
     // No UNIQUE on idempotency_key: one order per key is idem's job here,
     // and the TAP test checks it.
-    const { rows: [order] } = await db.query(
+    const { rows: [order] } = await step.client.query(
       `INSERT INTO app.orders (idempotency_key, charge, amount, currency) VALUES ($1, $2, $3, $4)
        RETURNING 'ord_' || id AS id`,
       [key, charge.id, request.amount, request.currency]);
-    const response = {
+    await pause('before-commit', step);
+    return {
       status: 201,
       body: { order: order.id, charge: charge.id, amount: request.amount, currency: request.currency },
     };
-    await db.query('SELECT idem.complete($1, $2, $3)', [key, token, response]);
-    await pause('before-commit');
-    await db.query('COMMIT');
-    return { ...response, replayed: false };
-  } catch (err) {
-    await db.query('ROLLBACK').catch(() => {});
-    throw err;
-  }
-}
-
-// Step 1, then 2 and 3; returns { status, body, replayed }.
-async function chargeOnce(db, key, request, pause) {
-  const { rows: [claim] } = await db.query(
-    'SELECT state, token, outcome, recovery_point, recovery_data FROM idem.claim($1, $2, $3)',
-    [key, request, lease]);
-  if (claim.state === 'replay') return { ...claim.outcome, replayed: true };
-  try {
-    return await run(db, key, request, claim, pause);
-  } catch (err) {
-    // Nothing recorded: give the key back so that a retry runs at once
-    // instead of waiting for the lease.  A retry keeps our checkpoint, and
-    // had the provider charged after all (a lost answer), it gets that
-    // charge back, as it sends the same key.  With IK412 the key is no
-    // longer ours to give.
-    if (err.code !== 'IK412') {
-      await db.query('SELECT idem.release($1, $2)', [key, claim.token])
-        .catch((releaseErr) => console.error(`release ${key}: ${releaseErr.message}`));
-    }
-    throw err;
-  }
+  });
 }
 
 async function postCharge(req, res) {
@@ -242,23 +189,15 @@ async function postCharge(req, res) {
   }
   // Validate before claiming: a malformed request records nothing.
   const request = await readCharge(req);
-  const db = await pool.connect();
-  let lost;
-  try {
-    const { status, body, replayed } = await chargeOnce(db, key, request, pauses(req, key));
-    send(res, status, body, replayed ? { 'Idempotent-Replayed': 'true' } : {});
-    return `${status}${replayed ? ' replayed' : ''}`;
-  } catch (err) {
-    lost = !(err instanceof HttpError) && !(err instanceof DatabaseError);   // the connection, not SQL
-    throw err;
-  } finally {
-    db.release(lost);
-  }
+  const { result: { status, body }, replayed } = await chargeOnce(key, request, pauses(req, key));
+  send(res, status, body, replayed ? { 'Idempotent-Replayed': 'true' } : {});
+  return `${status}${replayed ? ' replayed' : ''}`;
 }
 
-// An error response: idem's SQLSTATEs as STATUS_OF says, any other error 500.
+// An error response: idem's errors with their httpStatus (IK412 is 409: a
+// retry gets the winner's response), any other error 500.
 function fail(res, err) {
-  let status = err.status ?? STATUS_OF[err.code];
+  let status = err.status ?? err.httpStatus;   // idem's typed errors carry their HTTP status
   let { code, message } = err;
   if (status === undefined) {
     console.error(err.stack);
@@ -279,7 +218,10 @@ const server = http.createServer((req, res) => {
   }
 });
 
+let onceDetailed;
+
 async function main() {
+  ({ onceDetailed } = await import('../../clients/node/index.js'));   // ESM, from this CommonJS file
   await pool.query(`CREATE SCHEMA IF NOT EXISTS app;
     CREATE TABLE IF NOT EXISTS app.orders (
       id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
