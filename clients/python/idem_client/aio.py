@@ -20,9 +20,15 @@ class _AsyncSource:
     """Hands out async connections: borrowed from a pool, made by a factory, or one shared connection."""
 
     def __init__(self, source):
+        self.shared = False
+        self.lock = None
         if psycopg_pool is not None and isinstance(source, psycopg_pool.AsyncConnectionPool):
             self.acquire = source.connection
         elif isinstance(source, psycopg.AsyncConnection):
+            # One connection serves every step: the heartbeat task and the work take turns, each with
+            # a whole transaction.
+            self.shared = True
+            self.lock = asyncio.Lock()
             self.acquire = lambda: contextlib.nullcontext(source)
         elif callable(source):
             self.acquire = lambda: _closing(source)
@@ -32,6 +38,12 @@ class _AsyncSource:
 
     async def run(self, key, sql, params, no_wait=False):
         """Run one statement in its own transaction and return its first row."""
+        if self.lock is not None:
+            async with self.lock:
+                return await self._run(key, sql, params, no_wait)
+        return await self._run(key, sql, params, no_wait)
+
+    async def _run(self, key, sql, params, no_wait):
         async with self.acquire() as conn:
             try:
                 async with conn.transaction():
@@ -128,6 +140,8 @@ class AsyncStep:
         async def beat():
             while True:
                 await asyncio.sleep(self.lease / 3)
+                if self._source.shared and self._tx is not None:
+                    continue  # the shared connection is in the work's transaction
                 try:
                     await self.extend()
                 except StaleToken as exc:

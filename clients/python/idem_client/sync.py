@@ -22,10 +22,15 @@ class _Source:
     """Hands out connections: borrowed from a pool, made by a factory, or one shared connection."""
 
     def __init__(self, source):
+        self.shared = False
+        self.lock = contextlib.nullcontext()
         if psycopg_pool is not None and isinstance(source, psycopg_pool.ConnectionPool):
             self.acquire = source.connection
         elif isinstance(source, psycopg.Connection):
-            # One connection serves every step; psycopg serializes its use between threads.
+            # One connection serves every step: the heartbeat thread and the work take turns, each
+            # with a whole transaction.
+            self.shared = True
+            self.lock = threading.RLock()
             self.acquire = lambda: contextlib.nullcontext(source)
         elif callable(source):
             self.acquire = lambda: contextlib.closing(source())
@@ -34,7 +39,7 @@ class _Source:
 
     def run(self, key, sql, params, no_wait=False):
         """Run one statement in its own transaction and return its first row."""
-        with self.acquire() as conn:
+        with self.lock, self.acquire() as conn:
             try:
                 with conn.transaction():
                     if no_wait:
@@ -122,6 +127,8 @@ class Step:
 
         def beat():
             while not stop.wait(self.lease / 3):
+                if self._source.shared and self._tx is not None:
+                    continue  # the shared connection is in the work's transaction
                 try:
                     self.extend()
                 except StaleToken as exc:

@@ -213,3 +213,33 @@ def test_async_arbiter_down_is_503(arbiter_dsn, key):
     with pytest.raises(ArbiterUnavailable) as err:
         asyncio.run(main())
     assert err.value.http_status == 503
+
+
+@pytest.mark.parametrize("autocommit", [True, False])
+def test_sync_single_connection(dsn, key, autocommit):
+    with psycopg.connect(dsn, autocommit=autocommit) as conn:
+        with once(conn, key, {"n": 1}, lease=0.6) as step:
+            step.checkpoint("half", 1)
+            time.sleep(1.5)  # the heartbeat shares the connection
+            step.conn.execute("SELECT 1")
+            step.complete({"n": 1})
+        assert step.lost is None
+        with once(conn, key, {"n": 1}) as again:
+            assert again.replayed and again.outcome == {"n": 1}
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+
+
+@pytest.mark.parametrize("autocommit", [True, False])
+def test_async_single_connection(dsn, key, autocommit):
+    async def main():
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=autocommit) as conn:
+            async with aonce(conn, key, lease=0.6) as step:
+                await step.checkpoint("half", 1)
+                await asyncio.sleep(1.5)
+                await (await step.connection()).execute("SELECT 1")
+                await step.complete([1])
+            assert step.lost is None
+            async with aonce(conn, key) as again:
+                assert again.replayed and again.outcome == [1]
+
+    asyncio.run(main())
