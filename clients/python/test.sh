@@ -21,7 +21,8 @@ for p in "${packages[@]}"; do
 done
 if [ ${#missing[@]} -gt 0 ]; then
     [ "$(id -u)" -eq 0 ] || { echo "test.sh: missing packages ${missing[*]}; run as root to install them" >&2; exit 1; }
-    apt-get install -y -q "${missing[@]}" >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null
 fi
 
 # shellcheck source=../../scripts/cluster.sh
