@@ -40,8 +40,9 @@ def fingerprint(method, path, body):
 class RouteOptions:
     """How one route uses idempotency keys."""
 
-    def __init__(self, enabled=True, required=True, release_on_5xx=True, lease=None, wait=None):
+    def __init__(self, enabled=True, required=True, release_on_5xx=True, lease=None, wait=None, heartbeat=True):
         self.enabled = enabled
+        self.heartbeat = heartbeat
         self.required = required
         self.release_on_5xx = release_on_5xx
         self.lease = lease
@@ -98,7 +99,8 @@ class IdempotencyMiddleware:
         await self._run(scope, send, step, body, opts)
 
     async def _run(self, scope, send, step, body, opts):
-        step._start_heartbeat()
+        if opts.heartbeat:
+            step._start_heartbeat()
         scope = dict(scope)
         scope["state"] = dict(scope.get("state") or {}, idem=step)
         sent = False

@@ -26,6 +26,8 @@ def routes(scope):
         return RouteOptions(enabled=False)
     if scope["path"] == "/optional":
         return RouteOptions(required=False)
+    if scope["path"] == "/stale":
+        return RouteOptions(lease=0.5, heartbeat=False)
     if scope["path"] == "/slow":
         return RouteOptions(lease=1.0, wait=10.0)
     return None
@@ -85,6 +87,11 @@ async def charges(request: Request):
 
 @app.post("/slow")
 async def slow(request: Request):
+    return await handle(request)
+
+
+@app.post("/stale")
+async def stale(request: Request):
     return await handle(request)
 
 

@@ -154,3 +154,32 @@ def test_arbiter_down_is_503(start_server, arbiter_dsn, provider, key):
     assert r.headers["retry-after"] == "1"
     assert "DynamoDB" in r.json()["title"]
     assert provider.calls == before
+
+
+def test_stale_holder_refused(server, provider, dsn, key):
+    """/stale has a lease of 0.5 s and no heartbeat: a retry takes the key over from a slow handler,
+    whose complete is then refused (IK412, answered 409) and whose writes roll back."""
+    before = provider.calls
+    with ThreadPoolExecutor(2) as ex:
+        slow = ex.submit(post, server, key, {"amount": 8}, "/stale", {"X-Test-Delay": "2.5"})
+        deadline = time.monotonic() + 20
+        while (record(dsn, key) or (None, None, None))[2] != "charged":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(1.0)
+        retry = post(server, key, {"amount": 8}, "/stale")
+        first = slow.result()
+    assert retry.status_code == 201 and "idempotent-replayed" not in retry.headers, "the retry took over"
+    assert first.status_code == 409
+    assert "does not hold" in first.json()["title"]
+    assert provider.calls == before + 1, "the retry resumed from the checkpoint"
+    assert orders(dsn, key) == 1, "the stale holder's order rolled back"
+    replay = post(server, key, {"amount": 8}, "/stale")
+    assert replay.content == retry.content
+
+
+def test_invalid_key_is_400(server):
+    r = post(server, "x" * 300, {"amount": 1})
+    assert r.status_code == 400
+    assert "too long" in r.json()["title"]
+    assert post(server, "", {"amount": 1}).status_code == 400
