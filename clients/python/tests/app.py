@@ -21,7 +21,8 @@ app = FastAPI()
 
 
 def routes(scope):
-    """POST routes need a key; /slow has a lease of one second, so only the heartbeat keeps it."""
+    """POST routes need a key; /slow has a short lease, so only the heartbeat keeps it; /stale has a
+    short lease and no heartbeat."""
     if scope["method"] != "POST":
         return RouteOptions(enabled=False)
     if scope["path"] == "/optional":
@@ -29,7 +30,7 @@ def routes(scope):
     if scope["path"] == "/stale":
         return RouteOptions(lease=0.5, heartbeat=False)
     if scope["path"] == "/slow":
-        return RouteOptions(lease=1.0, wait=10.0)
+        return RouteOptions(lease=1.5, wait=10.0)
     return None
 
 

@@ -104,6 +104,14 @@ def test_sigkill_after_the_external_call(start_server, provider, dsn, key):
     assert replay.content == r.content and replay.headers["idempotent-replayed"] == "true"
 
 
+def wait_for(dsn, key, status):
+    """Wait until the key's record has this status."""
+    deadline = time.monotonic() + 20
+    while (record(dsn, key) or (None,))[0] != status:
+        assert time.monotonic() < deadline, f"{key} never became {status}"
+        time.sleep(0.05)
+
+
 def _swallow(fn):
     try:
         return fn()
@@ -112,11 +120,12 @@ def _swallow(fn):
 
 
 def test_slow_handler_kept_alive_past_two_leases(server, provider, dsn, key):
-    """/slow has a lease of 1 s; the handler takes 3 s. A retry at 2.5 s must not take the key over."""
+    """/slow has a lease of 1.5 s; the handler takes 4.5 s. A retry at 3.5 s must not take the key over."""
     before = provider.calls
     with ThreadPoolExecutor(2) as ex:
-        slow = ex.submit(post, server, key, {"amount": 4}, "/slow", {"X-Test-Delay": "3"})
-        time.sleep(2.5)
+        slow = ex.submit(post, server, key, {"amount": 4}, "/slow", {"X-Test-Delay": "4.5"})
+        wait_for(dsn, key, "claimed")
+        time.sleep(3.5)
         assert record(dsn, key)[0] == "claimed", "the lease is still live past two leases"
         retry = ex.submit(post, server, key, {"amount": 4}, "/slow")
         first, second = slow.result(), retry.result()
@@ -126,10 +135,10 @@ def test_slow_handler_kept_alive_past_two_leases(server, provider, dsn, key):
     assert provider.calls == before + 1
 
 
-def test_in_flight_past_the_wait_is_409(server, key):
+def test_in_flight_past_the_wait_is_409(server, dsn, key):
     with ThreadPoolExecutor(2) as ex:
         slow = ex.submit(post, server, key, {"amount": 5}, "/charges", {"X-Test-Delay": "8"})
-        time.sleep(0.5)
+        wait_for(dsn, key, "claimed")
         r = post(server, key, {"amount": 5})
         assert r.status_code == 409 and r.headers["retry-after"] == "1"
         assert slow.result().status_code == 201
@@ -161,7 +170,7 @@ def test_stale_holder_refused(server, provider, dsn, key):
     whose complete is then refused (IK412, answered 409) and whose writes roll back."""
     before = provider.calls
     with ThreadPoolExecutor(2) as ex:
-        slow = ex.submit(post, server, key, {"amount": 8}, "/stale", {"X-Test-Delay": "2.5"})
+        slow = ex.submit(post, server, key, {"amount": 8}, "/stale", {"X-Test-Delay": "4"})
         deadline = time.monotonic() + 20
         while (record(dsn, key) or (None, None, None))[2] != "charged":
             assert time.monotonic() < deadline

@@ -78,8 +78,8 @@ def test_sync_stale_holder_refused(pool, key):
 
 
 def test_sync_heartbeat_keeps_the_lease(pool, key):
-    with once(pool, key, lease=0.6) as step:
-        time.sleep(2.0)  # more than three leases
+    with once(pool, key, lease=1.5) as step:
+        time.sleep(4.0)  # more than two leases
         with pytest.raises(KeyInFlight) as err:
             with once(pool, key, wait=0.3):
                 pass
