@@ -5,7 +5,7 @@ set -euo pipefail
 
 packages=(postgresql-15 postgresql-server-dev-15 libipc-run-perl
           libcurl4-openssl-dev libssl-dev make gcc
-          pgbouncer sqlsmith python3-psycopg prometheus-postgres-exporter prometheus)
+          pgbouncer sqlsmith python3-psycopg prometheus-postgres-exporter prometheus python3-psycopg-pool python3-fastapi python3-uvicorn python3-pytest python3-httpx)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,0 +1,44 @@
+"""Pieces shared by the sync and async halves: SQL text, the claim's result, backoff, JSON values."""
+
+import json
+import random
+from dataclasses import dataclass
+from typing import Any, Optional
+
+CLAIM_SQL = ("SELECT state, token, outcome, recovery_point, recovery_data"
+             " FROM idem.claim(%s, %s, make_interval(secs => %s))")
+# The claim fails at once with IK409 when the key is held, so that a waiting caller backs off
+# without sitting on a connection that the holder may need to finish.
+NO_WAIT_SQL = "SELECT set_config('idem.wait_timeout', '0', true)"
+CHECKPOINT_SQL = "SELECT idem.checkpoint(%s, %s, %s, %s)"
+EXTEND_SQL = "SELECT idem.extend(%s, %s, make_interval(secs => %s))"
+RELEASE_SQL = "SELECT idem.release(%s, %s)"
+COMPLETE_SQL = "SELECT idem.complete(%s, %s, %s)"
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """The last checkpoint of an earlier holder whose lease lapsed or who released."""
+
+    point: str
+    data: Any
+
+
+def as_json(value):
+    """The value as every retry will see it: through JSON, as jsonb gives it back."""
+    return json.loads(json.dumps(value))
+
+
+def backoff_delays(initial=0.05, cap=1.0):
+    """Growing pauses with jitter between claims of a key in flight."""
+    delay = initial
+    while True:
+        yield delay * (0.5 + random.random() / 2)
+        delay = min(delay * 2, cap)
+
+
+def recovery_of(row) -> Optional[Recovery]:
+    """The Recovery of a claim's row, or None."""
+    if row[3] is None:
+        return None
+    return Recovery(row[3], row[4])

@@ -1,0 +1,199 @@
+"""`aonce` on an asyncio psycopg connection, pool or connection factory."""
+
+import asyncio
+import contextlib
+import time
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from . import _common as c
+from .errors import KeyInFlight, StaleToken, translate
+
+try:
+    import psycopg_pool
+except ImportError:  # psycopg_pool is optional
+    psycopg_pool = None
+
+
+class _AsyncSource:
+    """Hands out async connections: borrowed from a pool, made by a factory, or one shared connection."""
+
+    def __init__(self, source):
+        self.shared = False
+        self.lock = None
+        if psycopg_pool is not None and isinstance(source, psycopg_pool.AsyncConnectionPool):
+            self.acquire = source.connection
+        elif isinstance(source, psycopg.AsyncConnection):
+            # One connection serves every step: the heartbeat task and the work take turns, each with
+            # a whole transaction.
+            self.shared = True
+            self.lock = asyncio.Lock()
+            self.acquire = lambda: contextlib.nullcontext(source)
+        elif callable(source):
+            self.acquire = lambda: _closing(source)
+        else:
+            raise TypeError("source must be a psycopg AsyncConnection, an AsyncConnectionPool"
+                            " or an async connection factory")
+
+    async def run(self, key, sql, params, no_wait=False):
+        """Run one statement in its own transaction and return its first row."""
+        if self.lock is not None:
+            async with self.lock:
+                return await self._run(key, sql, params, no_wait)
+        return await self._run(key, sql, params, no_wait)
+
+    async def _run(self, key, sql, params, no_wait):
+        async with self.acquire() as conn:
+            try:
+                async with conn.transaction():
+                    if no_wait:
+                        await conn.execute(c.NO_WAIT_SQL)
+                    cur = await conn.execute(sql, params)
+                    return await cur.fetchone()
+            except psycopg.Error as exc:
+                typed = translate(exc, key)
+                if typed is None:
+                    raise
+                raise typed from exc
+
+
+@contextlib.asynccontextmanager
+async def _closing(factory):
+    conn = await factory()
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def aclaim(source, key, request, lease, wait):
+    """Claim the key, backing off outside any connection while it is in flight, for at most `wait` seconds."""
+    deadline = time.monotonic() + wait
+    delays = c.backoff_delays()
+    req = None if request is None else Jsonb(request)
+    while True:
+        try:
+            return await source.run(key, c.CLAIM_SQL, (key, req, lease), no_wait=True)
+        except KeyInFlight as exc:
+            pause = next(delays)
+            if time.monotonic() + pause > deadline:
+                exc.retry_after = 1
+                raise
+            await asyncio.sleep(pause)
+
+
+class AsyncStep:
+    """What the work gets: the claim, its recovery, checkpoints, and the transaction complete joins."""
+
+    def __init__(self, source, key, row, lease):
+        self._source = source
+        self.key = key
+        self.token = row[1]
+        self.replayed = row[0] == "replay"
+        self.outcome = row[2] if self.replayed else None
+        self.recovery = None if self.replayed else c.recovery_of(row)
+        self.lease = lease
+        self.completed = self.replayed
+        self.lost = None
+        self._conn_cm = None
+        self._conn = None
+        self._tx = None
+        self._heartbeat = None
+
+    async def connection(self):
+        """The connection whose open transaction `complete` joins: do the application's writes on it."""
+        if self._conn is None:
+            self._conn_cm = self._source.acquire()
+            self._conn = await self._conn_cm.__aenter__()
+            self._tx = self._conn.transaction()
+            await self._tx.__aenter__()
+        return self._conn
+
+    async def checkpoint(self, name, data=None):
+        """Record a recovery point in its own transaction, so that it survives a crash of this process."""
+        await self._source.run(self.key, c.CHECKPOINT_SQL, (self.key, self.token, name, Jsonb(data)))
+
+    async def extend(self):
+        """Renew the lease to now + lease."""
+        return (await self._source.run(self.key, c.EXTEND_SQL, (self.key, self.token, self.lease)))[0]
+
+    async def complete(self, outcome):
+        """Record the outcome in the transaction of `connection()` and commit it; returns it as retries see it."""
+        value = c.as_json(outcome)
+        await self._stop_heartbeat()
+        conn = await self.connection()
+        try:
+            await conn.execute(c.COMPLETE_SQL, (self.key, self.token, Jsonb(value)))
+        except psycopg.Error as exc:
+            typed = translate(exc, self.key)
+            if typed is None:
+                raise
+            raise typed from exc
+        tx, self._tx = self._tx, None
+        await tx.__aexit__(None, None, None)
+        self.completed = True
+        self.outcome = value
+        return value
+
+    def _start_heartbeat(self):
+        async def beat():
+            while True:
+                await asyncio.sleep(self.lease / 3)
+                if self._source.shared and self._tx is not None:
+                    continue  # the shared connection is in the work's transaction
+                try:
+                    await self.extend()
+                except StaleToken as exc:
+                    self.lost = exc
+                    return
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # a failed beat is retried at the next third of the lease
+                    continue
+
+        self._heartbeat = asyncio.ensure_future(beat())
+
+    async def _stop_heartbeat(self):
+        if self._heartbeat is not None:
+            task, self._heartbeat = self._heartbeat, None
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+
+    async def _finish(self, exc):
+        """Roll back the open transaction and give the key back unless it was completed."""
+        await self._stop_heartbeat()
+        if self._tx is not None:
+            tx, self._tx = self._tx, None
+            with contextlib.suppress(Exception):
+                await tx.__aexit__(type(exc), exc, None)
+        if self._conn_cm is not None:
+            cm, self._conn_cm, self._conn = self._conn_cm, None, None
+            with contextlib.suppress(Exception):
+                await cm.__aexit__(None, None, None)
+        if not self.completed:
+            with contextlib.suppress(Exception):
+                await self._source.run(self.key, c.RELEASE_SQL, (self.key, self.token))
+
+
+@contextlib.asynccontextmanager
+async def aonce(source, key, request=None, *, lease=30.0, wait=10.0, heartbeat=True):
+    """The async `once`: claim, then the block replays `step.outcome` or works and awaits
+    `step.complete(result)`. Any exception releases the key; so does leaving without complete."""
+    src = source if isinstance(source, _AsyncSource) else _AsyncSource(source)
+    row = await aclaim(src, key, request, lease, wait)
+    step = AsyncStep(src, key, row, lease)
+    if step.replayed:
+        yield step
+        return
+    if heartbeat:
+        step._start_heartbeat()
+    try:
+        yield step
+    except BaseException as exc:
+        await step._finish(exc)
+        raise
+    await step._finish(None)
+    if not step.completed:
+        raise RuntimeError(f"the block of idempotency key {key!r} ended without step.complete(); key released")
