@@ -69,6 +69,36 @@ run_suite regress ISOLATION= TAP_TESTS=
 run_suite isolation REGRESS= TAP_TESTS=
 run_suite tap REGRESS= ISOLATION= PROVE_FLAGS=--timer
 
+# The client libraries, each through its own runner (node's test runner,
+# pytest) on clusters of its own; their summaries are counted here.
+run_client() {
+    local name=$1 script=$2
+    local log="$scratch/client-$name.log"
+    echo "== $name client"
+    if bash "$script" >"$log" 2>&1; then :; else failures+=("$name-client"); fi
+    cat "$log"
+    local ok bad
+    case $name in
+        node)
+            ok=$(sed -n 's/^# pass \([0-9]*\)$/\1/p' "$log" | tail -1)
+            bad=$(sed -n 's/^# fail \([0-9]*\)$/\1/p' "$log" | tail -1)
+            ;;
+        python)
+            # pytest -q closes with e.g. "1 failed, 28 passed, 2 errors in 45.9s"
+            local summary
+            summary=$(grep -E '^(=+ )?[0-9]+ (passed|failed|errors?)\b.* in [0-9.]+s' "$log" | tail -1 || true)
+            ok=$(grep -oE '[0-9]+ passed' <<<"$summary" | grep -oE '[0-9]+' || true)
+            bad=$(( $(grep -oE '[0-9]+ failed' <<<"$summary" | grep -oE '[0-9]+' || echo 0) +
+                    $(grep -oE '[0-9]+ errors?' <<<"$summary" | grep -oE '[0-9]+' || echo 0) ))
+            ;;
+    esac
+    passed=$((passed + ${ok:-0}))
+    failed=$((failed + ${bad:-0}))
+}
+
+run_client node "$root/clients/node/test.sh"
+run_client python "$root/clients/python/test.sh"
+
 # The benchmark is not a test, but its smoke mode keeps it working: a few
 # seconds of every variant and workload, failing if a pgbench run fails or
 # idem runs a contended key more than once.
