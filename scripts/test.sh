@@ -118,6 +118,16 @@ else
     cat "$scratch/bench_arbiter.log"; echo "bench arbiter smoke ... FAILED"; failed=$((failed + 1)); failures+=(bench-arbiter)
 fi
 
+# And the HTTP benchmark: a few seconds of each variant (no idempotency, a
+# Redis-backed Express middleware, idem's), failing if a request fails or a
+# replay runs the route again.
+echo "== bench http smoke"
+if bash "$root/bench/http/run" --smoke >"$scratch/bench_http.log" 2>&1; then
+    echo "bench http smoke ... ok"; passed=$((passed + 1))
+else
+    cat "$scratch/bench_http.log"; echo "bench http smoke ... FAILED"; failed=$((failed + 1)); failures+=(bench-http)
+fi
+
 echo
 if [ ${#failures[@]} -gt 0 ] && [ "$failed" -eq 0 ]; then failed=${#failures[@]}; fi
 echo "idem: $passed passed, $failed failed"
