@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # test.sh: build idem and run its whole test suite on throwaway clusters.
 #
-#   scripts/test.sh            pg_regress, isolation specs and TAP tests
+#   scripts/test.sh            pg_regress, isolation specs and TAP tests, the
+#                              client libraries' own runners (node's test
+#                              runner, pytest) and the benchmarks' smoke modes
 #
 # Installs the packages it needs (scripts/setup.sh), builds the extension and
 # installs it below a scratch folder (make install DESTDIR=..., loaded from
