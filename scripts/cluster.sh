@@ -21,6 +21,13 @@
 #                         dynamic_library_path
 #   as_pg CMD...          run CMD as the cluster's owner
 #   free_port             a TCP port number nobody listens on
+#   bouncer_start DIR POOL
+#                         start pgbouncer in transaction pooling in front of
+#                         the cluster of PGHOST/PGPORT (database postgres,
+#                         user postgres trusted, at most POOL server
+#                         sessions), on a unix socket in DIR; sets
+#                         BOUNCER_PORT once it answers
+#   bouncer_stop DIR      stop the pgbouncer started in DIR, if any
 #
 # As root, the server and clients run as the postgres user (the server
 # refuses root); as anyone else, as that user.  The PostgreSQL programs are
@@ -107,4 +114,44 @@ idem_conf() {
     fi
     [ "${1:-}" = --preload ] && echo "shared_preload_libraries = 'idem'"
     return 0
+}
+
+bouncer_start() {
+    local dir=$1 pool=$2
+    mkdir -p "$dir"
+    BOUNCER_PORT=$(free_port)
+    while [ "$BOUNCER_PORT" = "$PGPORT" ] || [ -e "$dir/.s.PGSQL.$BOUNCER_PORT" ]; do
+        BOUNCER_PORT=$((BOUNCER_PORT + 1))
+    done
+    echo '"postgres" ""' >"$dir/users.txt"
+    cat >"$dir/pgbouncer.ini" <<INI
+[databases]
+postgres = host=$PGHOST port=$PGPORT dbname=postgres
+
+[pgbouncer]
+listen_addr =
+listen_port = $BOUNCER_PORT
+unix_socket_dir = $dir
+auth_type = trust
+auth_file = $dir/users.txt
+pool_mode = transaction
+default_pool_size = $pool
+max_client_conn = 200
+logfile = $dir/pgbouncer.log
+pidfile = $dir/pgbouncer.pid
+INI
+    [ "$(id -u)" -eq 0 ] && chown -R postgres: "$dir"
+    as_pg pgbouncer -d "$dir/pgbouncer.ini" >/dev/null 2>&1 || { cat "$dir/pgbouncer.log"; return 1; }
+    local _
+    for _ in $(seq 100); do
+        as_pg psql -X -qAt -h "$dir" -p "$BOUNCER_PORT" -U postgres -d postgres -c 'SELECT 1' >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    cat "$dir/pgbouncer.log"; return 1
+}
+
+# pgbouncer's own pid, from its pidfile: it daemonised itself.
+bouncer_stop() {
+    local dir=$1
+    [ -s "$dir/pgbouncer.pid" ] && kill "$(cat "$dir/pgbouncer.pid")" 2>/dev/null || true
 }

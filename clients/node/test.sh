@@ -32,8 +32,7 @@ source "$root/scripts/cluster.sh"
 scratch=$(mktemp -d /tmp/idem-node.XXXXXX)
 chmod 755 "$scratch"
 cleanup() {
-    # pgbouncer's own pid (from its pidfile): $! would be the as_pg subshell's
-    [ -f "$scratch/bouncer/pgbouncer.pid" ] && kill "$(cat "$scratch/bouncer/pgbouncer.pid")" 2>/dev/null || true
+    bouncer_stop "$scratch/bouncer"
     cluster_stop "$scratch/arbiter"
     cluster_stop "$scratch/main"
     rm -rf "$scratch"
@@ -49,32 +48,8 @@ as_pg psql -X -q -d postgres -v ON_ERROR_STOP=1 -c 'CREATE EXTENSION idem'
 export IDEM_TEST_HOST=$PGHOST IDEM_TEST_PORT=$PGPORT
 
 # pgbouncer in transaction pooling, on a unix socket of its own.
-mkdir -p "$scratch/bouncer"
-bouncer_port=$(free_port)
-while [ "$bouncer_port" = "$PGPORT" ] || [ -e "$scratch/bouncer/.s.PGSQL.$bouncer_port" ]; do bouncer_port=$((bouncer_port + 1)); done
-echo '"postgres" ""' >"$scratch/bouncer/users.txt"
-cat >"$scratch/bouncer/pgbouncer.ini" <<INI
-[databases]
-postgres = host=$PGHOST port=$PGPORT dbname=postgres
-[pgbouncer]
-listen_addr =
-listen_port = $bouncer_port
-unix_socket_dir = $scratch/bouncer
-auth_type = trust
-auth_file = $scratch/bouncer/users.txt
-pool_mode = transaction
-default_pool_size = 5
-max_client_conn = 200
-logfile = $scratch/bouncer/pgbouncer.log
-pidfile = $scratch/bouncer/pgbouncer.pid
-INI
-[ "$(id -u)" -eq 0 ] && chown -R postgres: "$scratch/bouncer"
-as_pg pgbouncer "$scratch/bouncer/pgbouncer.ini" >/dev/null 2>&1 &
-for _ in $(seq 100); do
-    as_pg psql -X -qAt -h "$scratch/bouncer" -p "$bouncer_port" -d postgres -c 'SELECT 1' >/dev/null 2>&1 && break
-    sleep 0.1
-done
-export IDEM_TEST_BOUNCER_HOST=$scratch/bouncer IDEM_TEST_BOUNCER_PORT=$bouncer_port
+bouncer_start "$scratch/bouncer" 5
+export IDEM_TEST_BOUNCER_HOST=$scratch/bouncer IDEM_TEST_BOUNCER_PORT=$BOUNCER_PORT
 
 # Arbiter mode with DynamoDB down: the endpoint is a port nobody listens on.
 closed=$(free_port)

@@ -28,10 +28,8 @@ fi
 # shellcheck source=../../scripts/cluster.sh
 source "$root/scripts/cluster.sh"
 scratch=$(mktemp -d /tmp/idem-python.XXXXXX)
-bouncer_pid=
 cleanup() {
-    [ -s "$scratch/bouncer/pgbouncer.pid" ] && kill "$(cat "$scratch/bouncer/pgbouncer.pid")" 2>/dev/null || true
-    [ -n "$bouncer_pid" ] && wait "$bouncer_pid" 2>/dev/null || true
+    bouncer_stop "$scratch/bouncer"
     cluster_stop "$scratch/arbiter" 2>/dev/null || true
     cluster_stop "$scratch/main" 2>/dev/null || true
     rm -rf "$scratch"
@@ -55,36 +53,9 @@ cluster_start "$scratch/main" "$(idem_conf)" "max_connections = 100"
 as_pg psql -X -q -d postgres -c 'CREATE EXTENSION idem'
 export IDEM_TEST_DSN="host=$PGHOST port=$PGPORT dbname=postgres user=postgres"
 
-# pgbouncer in transaction pooling, as t/IdemTestUtil.pm starts it.
-bdir=$scratch/bouncer
-mkdir -p "$bdir"
-bport=$(free_port)
-while [ "$bport" = "$PGPORT" ] || [ -e "$bdir/.s.PGSQL.$bport" ]; do bport=$((bport + 1)); done
-echo '"postgres" ""' >"$bdir/users.txt"
-cat >"$bdir/pgbouncer.ini" <<INI
-[databases]
-postgres = host=$PGHOST port=$PGPORT dbname=postgres
-
-[pgbouncer]
-listen_addr =
-listen_port = $bport
-unix_socket_dir = $bdir
-auth_type = trust
-auth_file = $bdir/users.txt
-pool_mode = transaction
-default_pool_size = 4
-max_client_conn = 200
-logfile = $bdir/pgbouncer.log
-pidfile = $bdir/pgbouncer.pid
-INI
-[ "$(id -u)" -eq 0 ] && chown -R postgres: "$bdir"
-as_pg pgbouncer "$bdir/pgbouncer.ini" >/dev/null 2>&1 &
-bouncer_pid=$!
-export IDEM_TEST_BOUNCER_DSN="host=$bdir port=$bport dbname=postgres user=postgres"
-for _ in $(seq 100); do
-    as_pg psql -X -qAt -d "$IDEM_TEST_BOUNCER_DSN" -c 'SELECT 1' >/dev/null 2>&1 && break
-    sleep 0.1
-done
+# pgbouncer in transaction pooling, on a unix socket of its own.
+bouncer_start "$scratch/bouncer" 4
+export IDEM_TEST_BOUNCER_DSN="host=$scratch/bouncer port=$BOUNCER_PORT dbname=postgres user=postgres"
 
 cd "$here"
 status=0
