@@ -21,7 +21,8 @@ SHLIB_LINK += -lcrypto
 endif
 
 EXTENSION = idem
-DATA = idem--1.0.sql idem--1.1.sql idem--1.0--1.1.sql
+# every version script: t/040_upgrade.pl walks them all
+DATA = $(wildcard idem--*.sql)
 PGFILEDESC = "idem - idempotency keys for PostgreSQL"
 
 REGRESS = setup call replay mismatch failure expiry roles purge bad_input replayed_flag hostile key_table lease lease_waits lease_sync_commit arbiter untyped_args fn_versions stats
