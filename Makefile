@@ -2,6 +2,7 @@
 #
 #   make && make install            build and install into the PostgreSQL found by pg_config
 #   make installcheck               pg_regress, isolation specs and TAP tests against a running server
+#   make dist                       idem-VERSION.zip for PGXN, from git (VERSION: META.json's)
 #
 # MODULE_big (not MODULES) so that SHLIB_LINK is honoured when libcurl is linked.
 # The SQL entry points are in idem.c; every other source file is in src/,
@@ -39,3 +40,13 @@ EXTRA_CLEAN = src/*.o src/*.bc
 
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+# The PGXN archive: the committed tree (or DIST_REF) below idem-VERSION/,
+# without what .gitattributes marks export-ignore.  Run from a git checkout.
+DIST_VERSION = $(shell perl -MJSON::PP -e 'print decode_json(join "", <>)->{version}' $(srcdir)/META.json)
+DIST_REF ?= HEAD
+DIST_DIR ?= $(CURDIR)
+.PHONY: dist
+dist:
+	git -C $(srcdir) archive --format=zip --prefix=idem-$(DIST_VERSION)/ -o $(abspath $(DIST_DIR))/idem-$(DIST_VERSION).zip $(DIST_REF)
+	@echo $(abspath $(DIST_DIR))/idem-$(DIST_VERSION).zip
