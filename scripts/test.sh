@@ -130,6 +130,32 @@ else
     cat "$scratch/bench_http.log"; echo "bench http smoke ... FAILED"; failed=$((failed + 1)); failures+=(bench-http)
 fi
 
+# The packaging: the Debian package (built from debian/ in a clean copy,
+# lintian, installed with apt on a pg_createcluster cluster, then purged)
+# and the PGXN archive (META.json, make dist, make installcheck of the
+# unpacked archive).  Each script ends with "NAME: N passed, N failed";
+# exit status 77 means skipped (not a git checkout).
+run_packaging() {
+    local name=$1 script=$2 rc=0
+    echo "== $name"
+    bash "$script" >"$scratch/$name.log" 2>&1 || rc=$?
+    cat "$scratch/$name.log"
+    [ "$rc" -eq 77 ] && return 0
+    local summary ok bad
+    summary=$(grep -E "^$name: [0-9]+ passed, [0-9]+ failed$" "$scratch/$name.log" | tail -1 || true)
+    ok=$(sed -n 's/^.*: \([0-9]*\) passed.*/\1/p' <<<"$summary")
+    bad=$(sed -n 's/^.*, \([0-9]*\) failed$/\1/p' <<<"$summary")
+    passed=$((passed + ${ok:-0}))
+    failed=$((failed + ${bad:-0}))
+    if [ "$rc" -ne 0 ]; then
+        failures+=("$name")
+        [ -z "$summary" ] && failed=$((failed + 1))
+    fi
+    return 0
+}
+run_packaging deb "$root/scripts/test_deb.sh"
+run_packaging pgxn "$root/scripts/test_pgxn.sh"
+
 echo
 if [ ${#failures[@]} -gt 0 ] && [ "$failed" -eq 0 ]; then failed=${#failures[@]}; fi
 echo "idem: $passed passed, $failed failed"
