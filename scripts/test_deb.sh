@@ -34,7 +34,7 @@ if dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok ins
 fi
 
 tools=(debhelper dpkg-dev fakeroot lintian postgresql-server-dev-all
-       postgresql-$major libcurl4-openssl-dev libssl-dev)
+       "postgresql-$major" libcurl4-openssl-dev libssl-dev)
 missing=()
 for p in "${tools[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

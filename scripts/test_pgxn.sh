@@ -122,18 +122,29 @@ zip=$scratch/idem-$version.zip
 unzip -q "$zip" -d "$scratch/unpacked" || true
 tree=$scratch/unpacked/idem-$version
 {
-    ls "$scratch/unpacked" | grep -qx "idem-$version" && [ "$(ls "$scratch/unpacked" | wc -l)" -eq 1 ] &&
-        echo "ok - idem-$version.zip holds one folder, idem-$version" ||
-        echo "not ok - idem-$version.zip holds one folder, idem-$version: $(ls "$scratch/unpacked")"
+    if [ "$(ls -A "$scratch/unpacked" 2>&1)" = "idem-$version" ]; then
+        echo "ok - idem-$version.zip holds one folder, idem-$version"
+    else
+        echo "not ok - idem-$version.zip holds one folder, idem-$version: $(ls -A "$scratch/unpacked" 2>&1)"
+    fi
     missing=
     for f in META.json Makefile idem.control LICENSE README.md $(cd "$root" && git ls-files -- 'idem--*.sql' sql expected specs t src idem.c); do
         [ -e "$tree/$f" ] || missing+=" $f"
     done
-    [ -z "$missing" ] && echo "ok - it has META.json, the sources, the version scripts and the tests" ||
+    if [ -z "$missing" ]; then
+        echo "ok - it has META.json, the sources, the version scripts and the tests"
+    else
         echo "not ok - it lacks:$missing"
-    extra=$(cd "$tree" && ls -d bench clients scripts/test.sh .gitignore 2>/dev/null | tr '\n' ' ' || true)
-    [ -z "$extra" ] && echo "ok - and not the client libraries, the benchmarks or the suite runner" ||
-        echo "not ok - it has what .gitattributes leaves out: $extra"
+    fi
+    extra=
+    for f in bench clients scripts/test.sh .gitignore; do
+        [ -e "$tree/$f" ] && extra+=" $f"
+    done
+    if [ -z "$extra" ]; then
+        echo "ok - and not the client libraries, the benchmarks or the suite runner"
+    else
+        echo "not ok - it has what .gitattributes leaves out:$extra"
+    fi
 } >"$scratch/archive.log" 2>&1
 count "$scratch/archive.log"
 
