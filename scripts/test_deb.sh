@@ -10,7 +10,9 @@
 # apt, creates a cluster with pg_createcluster (a unix socket in a scratch
 # folder, no TCP), and checks there: CREATE EXTENSION idem at the packaged
 # version, a first call and its replay, and the packaged library loaded
-# through shared_preload_libraries.  Then drops that cluster and purges the
+# through shared_preload_libraries.  Before that it runs the package's
+# autopkgtest (debian/tests/installcheck: pg_regress and isolation specs on
+# a pg_virtualenv cluster) against the installed package.  Then drops that cluster and purges the
 # package, whatever happened: other clusters (Debian's main) are not
 # touched.  Ends with "deb: N passed, N failed"; exits 77 when the tree is
 # not a git checkout (nothing to archive).
@@ -113,6 +115,17 @@ check "the package holds the library, the control file and every version script"
     "$(dpkg -L "$package" | grep -E "^$libdir/idem\.so$|^$sharedir/extension/idem" | sort | tr '\n' ' ')" \
     "$(cd "$scratch/idem" && { echo "$libdir/idem.so"; echo "$sharedir/extension/idem.control";
         for f in idem--*.sql; do echo "$sharedir/extension/$f"; done; } | sort | tr '\n' ' ')"
+
+# debian/tests/installcheck, the package's autopkgtest: the regression
+# tests and isolation specs on a cluster of pg_virtualenv's own (a private
+# configuration folder, a port of our choosing on localhost)
+echo "== debian/tests/installcheck"
+if (cd "$scratch/idem" && PGPORT=$(free_port) debian/tests/installcheck) >"$scratch/autopkgtest.log" 2>&1; then
+    echo "ok - debian/tests/installcheck passes against the installed package"; passed=$((passed + 1))
+else
+    tail -80 "$scratch/autopkgtest.log"; echo "not ok - debian/tests/installcheck"; failed=$((failed + 1))
+fi
+grep -E '^ *All [0-9]+ tests passed|^### ' "$scratch/autopkgtest.log" || true
 
 echo "== pg_createcluster $major $cluster"
 port=$(free_port)
