@@ -41,11 +41,12 @@ missing=()
 for p in "${tools[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# apt waits for the package database while another apt or dpkg holds it
+apt_get() { DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 -y -q "$@"; }
 if [ ${#missing[@]} -gt 0 ]; then
     echo "test_deb.sh: installing ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -q >/dev/null
-    apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+    apt_get update >/dev/null
+    apt_get install --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 # shellcheck source=cluster.sh
@@ -64,7 +65,7 @@ cleanup() {
     # pg_dropcluster leaves the folder when it holds a file of ours
     rm -rf "/etc/postgresql/$major/$cluster"
     if dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok"; then
-        DEBIAN_FRONTEND=noninteractive apt-get purge -y -q "$package" >/dev/null || true
+        apt_get purge "$package" >/dev/null || true
     fi
     rm -rf "$scratch"
 }
@@ -105,7 +106,7 @@ check "lintian reports no error" \
     "$lintian_rc $(grep -c '^E:' "$scratch/lintian.log" || true)" "0 0"
 
 echo "== apt-get install $package"
-DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$deb" >"$scratch/install.log" 2>&1 \
+apt_get install "$deb" >"$scratch/install.log" 2>&1 \
     || { cat "$scratch/install.log"; }
 check "apt installs $package $version" \
     "$(dpkg-query -W -f='${Status} ${Version}' "$package" 2>/dev/null || true)" "install ok installed $version"
@@ -166,7 +167,7 @@ check "preloaded, idem.stats counts a replay" \
 echo "== pg_dropcluster, apt-get purge"
 pg_dropcluster --stop "$major" "$cluster"
 rm -rf "/etc/postgresql/$major/$cluster"
-DEBIAN_FRONTEND=noninteractive apt-get purge -y -q "$package" >"$scratch/purge.log" 2>&1 || cat "$scratch/purge.log"
+apt_get purge "$package" >"$scratch/purge.log" 2>&1 || cat "$scratch/purge.log"
 check "the cluster is gone, with its configuration" \
     "$(pg_lsclusters -h | awk -v c="$cluster" '$2 == c' | wc -l) $(ls -d "/etc/postgresql/$major/$cluster" 2>/dev/null | wc -l)" "0 0"
 check "purging the package removes its files" \

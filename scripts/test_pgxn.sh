@@ -23,7 +23,7 @@ if ! git -C "$root" rev-parse --git-dir >/dev/null 2>&1; then
 fi
 if ! command -v unzip >/dev/null; then
     if [ "$(id -u)" -ne 0 ]; then echo "test_pgxn.sh: needs unzip; run as root to install it" >&2; exit 1; fi
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends unzip >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends unzip >/dev/null
 fi
 
 # shellcheck source=cluster.sh
