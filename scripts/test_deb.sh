@@ -7,12 +7,12 @@
 # packages with dpkg-buildpackage in a clean copy of the tree (git archive of
 # the tracked files as they are on disk), runs lintian on them (an error
 # fails the test; warnings are printed), installs postgresql-15-idem with
-# apt, creates a cluster with pg_createcluster (a unix socket in a scratch
+# apt, runs the package's autopkgtest against it (debian/tests/installcheck:
+# the regression tests and isolation specs on a pg_virtualenv cluster),
+# creates a cluster with pg_createcluster (a unix socket in a scratch
 # folder, no TCP), and checks there: CREATE EXTENSION idem at the packaged
 # version, a first call and its replay, and the packaged library loaded
-# through shared_preload_libraries.  Before that it runs the package's
-# autopkgtest (debian/tests/installcheck: pg_regress and isolation specs on
-# a pg_virtualenv cluster) against the installed package.  Then drops that cluster and purges the
+# through shared_preload_libraries.  Then drops that cluster and purges the
 # package, whatever happened: other clusters (Debian's main) are not
 # touched.  Ends with "deb: N passed, N failed"; exits 77 when the tree is
 # not a git checkout (nothing to archive).
