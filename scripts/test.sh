@@ -134,7 +134,7 @@ fi
 # lintian, installed with apt on a pg_createcluster cluster, then purged)
 # and the PGXN archive (META.json, make dist, make installcheck of the
 # unpacked archive).  Each script ends with "NAME: N passed, N failed";
-# exit status 77 means skipped (not a git checkout).
+# exit status 77 means skipped (not root, or not a git checkout).
 run_packaging() {
     local name=$1 script=$2 rc=0
     echo "== $name"
