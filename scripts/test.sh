@@ -130,6 +130,16 @@ else
     cat "$scratch/bench_http.log"; echo "bench http smoke ... FAILED"; failed=$((failed + 1)); failures+=(bench-http)
 fi
 
+# And the stream benchmark: 300 events through the Kinesis consumer of
+# @idem/node/consumer and its at-least-once twin, failing if idem's effects
+# are not one per event or the twin's not one per record.
+echo "== bench stream smoke"
+if bash "$root/bench/stream/run" --smoke >"$scratch/bench_stream.log" 2>&1; then
+    echo "bench stream smoke ... ok"; passed=$((passed + 1))
+else
+    cat "$scratch/bench_stream.log"; echo "bench stream smoke ... FAILED"; failed=$((failed + 1)); failures+=(bench-stream)
+fi
+
 echo
 if [ ${#failures[@]} -gt 0 ] && [ "$failed" -eq 0 ]; then failed=${#failures[@]}; fi
 echo "idem: $passed passed, $failed failed"

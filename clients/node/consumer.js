@@ -52,7 +52,10 @@ function settle(results) {
 // One statement: the function scan of unnest ... WITH ORDINALITY feeds the
 // calls in the records' order (no sort is planned), and a key met again
 // later in the statement replays the outcome the same statement recorded.
-const BATCH_CALL = `SELECT idem.idempotent_call(u.k, $3::regprocedure, u.a) AS outcome, idem.last_call_replayed() AS replayed
+// The function's name is resolved once, in an InitPlan: a bare
+// $3::regprocedure would parse it again for every record (a third of the
+// statement's time at 2,000 records).
+const BATCH_CALL = `SELECT idem.idempotent_call(u.k, (SELECT $3::regprocedure), u.a) AS outcome, idem.last_call_replayed() AS replayed
   FROM unnest($1::text[], $2::jsonb[]) WITH ORDINALITY AS u(k, a, n) ORDER BY u.n`;
 const ONE_CALL = 'SELECT idem.idempotent_call($1, $3::regprocedure, $2::jsonb) AS outcome, idem.last_call_replayed() AS replayed';
 

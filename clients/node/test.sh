@@ -34,6 +34,7 @@ source "$root/scripts/cluster.sh"
 scratch=$(mktemp -d /tmp/idem-node.XXXXXX)
 chmod 755 "$scratch"
 kinesalite_pid=
+# shellcheck disable=SC2317,SC2015 # called by the EXIT trap; kill may fail
 cleanup() {
     [ -n "$kinesalite_pid" ] && kill "$kinesalite_pid" 2>/dev/null || true
     bouncer_stop "$scratch/bouncer"

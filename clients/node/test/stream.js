@@ -64,9 +64,9 @@ export function eventStream(events, seed = 25) {
   return placed.map((p) => p.event);
 }
 
-/** Send the events in order (PutRecords of up to 500); resolves to the last record's sequence number. */
+/** Send the events in order (PutRecords of up to 500); resolves to the records' sequence numbers. */
 export async function produce(kinesis, stream, events) {
-  let last;
+  const seqs = [];
   for (let i = 0; i < events.length; i += 500) {
     const chunk = events.slice(i, i + 500);
     const out = await kinesis.send(new PutRecordsCommand({
@@ -74,9 +74,9 @@ export async function produce(kinesis, stream, events) {
       Records: chunk.map((e) => ({ Data: Buffer.from(JSON.stringify(e)), PartitionKey: e.account })),
     }));
     if (out.FailedRecordCount) throw new Error(`PutRecords: ${out.FailedRecordCount} records failed`);
-    last = out.Records.at(-1).SequenceNumber;
+    for (const r of out.Records) seqs.push(r.SequenceNumber);
   }
-  return last;
+  return seqs;
 }
 
 /** The checkpoint table: one sequence number per (consumer group, shard), as a Kinesis lease table keeps it. */
