@@ -203,8 +203,7 @@ export async function processBatchExternal(pool, records, options, handler) {
       };
     }
   }
-  // Claims in key order, so that two consumers' claim transactions never wait on each other in a cycle.
-  const owners = [...first.values()].sort((a, b) => (keys[a] < keys[b] ? -1 : keys[a] > keys[b] ? 1 : 0));
+  const owners = [...first.values()];
   const rows = await claimAll(pool, owners.map((i) => keys[i]), owners.map((i) => requests[i]), lease, wait);
 
   const byKey = new Map();

@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { createServer } from 'node:http';
 import { fileURLToPath } from 'node:url';
-import { processBatch, processBatchExternal, BatchError } from '../consumer.js';
+import { processBatch } from '../consumer.js';
 import { makePool, sleep } from './helpers.js';
 import { kinesisClient, createStream, eventStream, produce, consumeShard } from './stream.js';
 import { setupSchema, ledgerCounts } from './streamdb.js';
@@ -31,7 +31,7 @@ before(async () => {
   const ids = new Set(produced.map((e) => e.id));
   assert.equal(ids.size, EVENTS);
   assert.ok(produced.length >= EVENTS * 1.29, `${produced.length} records`);
-  console.log(`# producer: ${EVENTS} events sent as ${produced.length} records`);
+  console.log(`producer: ${EVENTS} events sent as ${produced.length} records`);
 });
 after(async () => {
   await pool.end();
@@ -41,7 +41,7 @@ after(async () => {
 // Every event has exactly one effect; prints the counts.
 async function assertOncePerEvent(scenario, extra = '') {
   const c = await ledgerCounts(pool, scenario);
-  console.log(`# ${scenario}: ${produced.length} records, ${c.events} events with an effect, ${c.rows} effects, at most ${c.most} per event${extra}`);
+  console.log(`${scenario}: ${produced.length} records, ${c.events} events with an effect, ${c.rows} effects, at most ${c.most} per event${extra}`);
   assert.equal(c.events, EVENTS, 'every event processed');
   assert.equal(c.rows, EVENTS, 'one effect per event');
   assert.equal(c.most, 1);
@@ -84,58 +84,6 @@ const counts = (c) => {
   }
   return { ran, replayed };
 };
-
-test('batch semantics: duplicates in a batch replay, calls run in the records\' order, a failing record leaves the others committed', async () => {
-  const scenario = `unit-${run}`;
-  const recs = ['a', 'b', 'a', 'c', 'b', 'd'].map((id) => ({ data: { id, amount: 1 } }));
-  const opts = { key: (r) => `${scenario}:${r.data.id}`, fn: 'stream_test.apply(jsonb)', arg: (r) => ({ s: scenario, ...r.data }) };
-  const first = await processBatch(pool, recs, opts);
-  assert.deepEqual(first.map((r) => r.replayed), [false, false, true, false, true, false]);
-  assert.deepEqual(first[2].outcome, first[0].outcome);
-  assert.deepEqual(first[4].outcome, first[1].outcome);
-  const effects = [0, 1, 3, 5].map((i) => first[i].outcome.effect);
-  assert.deepEqual(effects, [...effects].sort((x, y) => x - y), 'effects in the order of the records');
-  // The same batch again: all replayed, nothing written.
-  const again = await processBatch(pool, recs, opts);
-  assert.ok(again.every((r) => r.replayed));
-  assert.deepEqual(again.map((r) => r.outcome), first.map((r) => r.outcome));
-  // A poisoned record fails alone; the others commit, and the retry runs only it.
-  await pool.query('INSERT INTO stream_test.poison VALUES ($1, $2)', [scenario, 'f']);
-  const mixed = ['e', 'f', 'g', 'a'].map((id) => ({ data: { id, amount: 1 } }));
-  const err = await processBatch(pool, mixed, opts).then(() => null, (e) => e);
-  assert.ok(err instanceof BatchError);
-  assert.deepEqual(err.results.map((r) => (r.error ? 'failed' : r.replayed ? 'replayed' : 'ran')), ['ran', 'failed', 'ran', 'replayed']);
-  await pool.query('DELETE FROM stream_test.poison WHERE scenario = $1', [scenario]);
-  const retry = await processBatch(pool, mixed, opts);
-  assert.deepEqual(retry.map((r) => r.replayed), [true, false, true, true]);
-  // The same key with another argument is refused (IK422) for that record only.
-  const clash = await processBatch(pool, [{ data: { id: 'h', amount: 1 } }, { data: { id: 'a', amount: 2 } }], opts).then(() => null, (e) => e);
-  assert.equal(clash.results[1].error.code, 'IK422');
-  assert.equal(clash.results[0].replayed, false);
-  const c = await ledgerCounts(pool, scenario);
-  assert.deepEqual(c, { rows: 8, events: 8, most: 1 });   // a..h
-});
-
-test('external batch: in-batch duplicates claim once, a failing handler releases only its key', async () => {
-  const scenario = `unitx-${run}`;
-  const calls = new Map();
-  let failB = true;
-  const recs = ['a', 'b', 'a', 'c'].map((id) => ({ id }));
-  const opts = { key: (r) => `${scenario}:${r.id}`, lease: 5000 };
-  const handler = async (r, step) => {
-    calls.set(r.id, (calls.get(r.id) ?? 0) + 1);
-    if (r.id === 'b' && failB) { await step.checkpoint('tried', { n: 1 }); throw new Error('provider down'); }
-    return { done: r.id, recovery: step.recovery };
-  };
-  const err = await processBatchExternal(pool, recs, opts, handler).then(() => null, (e) => e);
-  assert.ok(err instanceof BatchError);
-  assert.deepEqual(err.results.map((r) => (r.error ? 'failed' : r.replayed ? 'replayed' : 'ran')), ['ran', 'failed', 'replayed', 'ran']);
-  failB = false;
-  const retry = await processBatchExternal(pool, recs, opts, handler);
-  assert.deepEqual(retry.map((r) => r.replayed), [true, false, true, true]);
-  assert.deepEqual(retry[1].outcome, { done: 'b', recovery: { point: 'tried', data: { n: 1 } } });
-  assert.deepEqual(Object.fromEntries(calls), { a: 1, b: 2, c: 1 });
-});
 
 test('consumers killed with SIGKILL mid-batch restart from the checkpoint: one effect per event', async () => {
   const scenario = `kill-${run}`;
@@ -274,7 +222,7 @@ test('lease API: one external effect per event through a provider, with kills an
     const { calls, refused } = provider.stats();
     const counts = [...provider.charges.values()];
     const twice = counts.filter((n) => n > 1).length;
-    console.log(`# ${scenario}: provider got ${calls} calls (${refused} refused with 503), made ${counts.length} charges for ${EVENTS} events, ${twice} events charged twice; 3 kills`);
+    console.log(`${scenario}: provider got ${calls} calls (${refused} refused with 503), made ${counts.length} charges for ${EVENTS} events, ${twice} events charged twice; 3 kills`);
     assert.equal(provider.charges.size, EVENTS, 'every event charged');
     assert.equal(twice, 0, 'no event charged twice');
     assert.ok(refused > 0);
