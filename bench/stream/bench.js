@@ -17,13 +17,14 @@
 //                  with the same INSERT (persist)
 //
 // Each run consumes a fresh consumer group from the start of the stream, so
-// idem's keys are new (first calls, plus the stream's duplicates).  Prints
+// idem's keys are new (first calls, plus the stream's duplicates); the
+// variants of one batch size run in lockstep, a batch each in turn.  Prints
 // one line per run, writes runs.csv and exits 1 if a run's effects are wrong:
 // idem variants one per event, plain variants one per record.
 import { writeFileSync, appendFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { processBatch, processBatchExternal } from '../../clients/node/consumer.js';
-import { kinesisClient, createStream, eventStream, produce, consumeShard, CHECKPOINT_DDL } from '../../clients/node/test/stream.js';
+import { kinesisClient, createStream, eventStream, produce, shardConsumer, CHECKPOINT_DDL } from '../../clients/node/test/stream.js';
 
 // pg and the AWS SDK come from clients/node's packages (its devDependencies).
 const pg = createRequire(new URL('../../clients/node/package.json', import.meta.url))('pg');
@@ -87,24 +88,36 @@ writeFileSync(`${out}/runs.csv`, 'round,variant,batch,records,events,effects,sec
 let status = 0;
 for (let round = 1; round <= ROUNDS; round++) {
   for (const size of SIZES) {
-    // Every other round in the reverse order, so that no variant always runs first after a change of size.
-    for (const variant of round % 2 ? VARIANTS : [...VARIANTS].reverse()) {
+    // The variants go through the stream in lockstep, one batch each in turn
+    // (the order reversed at every turn), so that a change in the machine's
+    // load hits them alike; each one's time is the sum of its own steps.
+    const n = stretch(size);
+    const lanes = [];
+    for (const variant of VARIANTS) {
       const run = `${variant}-${size}-${round}-${process.pid}`;
-      const n = stretch(size);
       const process_ = processors[variant](run);
-      let busy = 0;
-      const started = process.hrtime.bigint();
-      await consumeShard({
+      const lane = { variant, run, seconds: 0, busy: 0, done: false };
+      lane.consumer = await shardConsumer({
         kinesis, pool, stream, shard, grp: run, limit: size, until: seqs[n - 1],
         process: async (records) => {
           const t = process.hrtime.bigint();
           const r = await process_(records);
-          busy += Number(process.hrtime.bigint() - t) / 1e9;
+          lane.busy += Number(process.hrtime.bigint() - t) / 1e9;
           return r;
         },
       });
-      const seconds = Number(process.hrtime.bigint() - started) / 1e9;
-      const distinct = new Set(events.slice(0, n).map((e) => e.id)).size;
+      lanes.push(lane);
+    }
+    for (let turn = 0; lanes.some((l) => !l.done); turn++) {
+      for (const lane of turn % 2 ? [...lanes].reverse() : lanes) {
+        if (lane.done) continue;
+        const t = process.hrtime.bigint();
+        lane.done = await lane.consumer.step();
+        lane.seconds += Number(process.hrtime.bigint() - t) / 1e9;
+      }
+    }
+    const distinct = new Set(events.slice(0, n).map((e) => e.id)).size;
+    for (const { variant, run, seconds, busy } of lanes) {
       const { rows: [c] } = await pool.query('SELECT count(*)::int AS effects, count(DISTINCT event)::int AS events FROM bench_stream.ledger WHERE run = $1', [run]);
       const wanted = variant.startsWith('idem') ? distinct : n;
       const ok = c.effects === wanted && c.events === distinct;

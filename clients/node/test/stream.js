@@ -96,40 +96,56 @@ async function writeCheckpoint(pool, grp, shard, seq) {
 }
 
 /**
- * Consume one shard from the group's checkpoint until the record with
- * sequence number `until` is checkpointed: read a batch, process it
- * (process(records) resolves after its commit), then write the checkpoint.
- * A batch that fails with BatchError is processed again (the same records)
- * after a pause, and not checkpointed before it succeeds.  `on(event, info)`
- * hears 'batch', 'failed', 'committed' and 'checkpointed'.
+ * A consumer of one shard from the group's checkpoint up to the record with
+ * sequence number `until`.  step() reads a batch, processes it
+ * (process(records) resolves after its commit), then writes the checkpoint,
+ * and resolves to true once `until` is checkpointed.  A batch that fails with
+ * BatchError is processed again (the same records) after a pause, and not
+ * checkpointed before it succeeds.  `on(event, info)` hears 'batch',
+ * 'failed', 'committed' and 'checkpointed'.
  */
-export async function consumeShard({ kinesis, pool, stream, shard, grp, limit, process, until, on = () => {}, pauseMs = 0, retryMs = 20 }) {
+export async function shardConsumer({ kinesis, pool, stream, shard, grp, limit, process, until, on = () => {}, pauseMs = 0, retryMs = 20 }) {
   const from = await readCheckpoint(pool, grp, shard);
-  if (from !== undefined && BigInt(from) >= BigInt(until)) return;
-  let { ShardIterator: iterator } = await kinesis.send(new GetShardIteratorCommand({
-    StreamName: stream, ShardId: shard,
-    ...(from === undefined ? { ShardIteratorType: 'TRIM_HORIZON' } : { ShardIteratorType: 'AFTER_SEQUENCE_NUMBER', StartingSequenceNumber: from }),
-  }));
-  for (;;) {
-    const out = await kinesis.send(new GetRecordsCommand({ ShardIterator: iterator, Limit: limit }));
-    iterator = out.NextShardIterator;
-    if (out.Records.length === 0) { await sleep(20); continue; }
-    const records = out.Records.map((r) => ({ seq: r.SequenceNumber, data: JSON.parse(Buffer.from(r.Data).toString()) }));
-    const last = records.at(-1).seq;
-    on('batch', { records });
-    for (let attempt = 1; ; attempt++) {
-      try {
-        on('committed', { records, results: await process(records), attempt });
-        break;
-      } catch (err) {
-        if (!(err instanceof BatchError)) throw err;
-        await on('failed', { records, error: err, attempt });
-        await sleep(retryMs);
-      }
-    }
-    if (pauseMs) await sleep(pauseMs);
-    await writeCheckpoint(pool, grp, shard, last);
-    on('checkpointed', { seq: last });
-    if (BigInt(last) >= BigInt(until)) return;
+  let finished = from !== undefined && BigInt(from) >= BigInt(until);
+  let iterator;
+  if (!finished) {
+    ({ ShardIterator: iterator } = await kinesis.send(new GetShardIteratorCommand({
+      StreamName: stream, ShardId: shard,
+      ...(from === undefined ? { ShardIteratorType: 'TRIM_HORIZON' } : { ShardIteratorType: 'AFTER_SEQUENCE_NUMBER', StartingSequenceNumber: from }),
+    })));
   }
+  return {
+    async step() {
+      while (!finished) {
+        const out = await kinesis.send(new GetRecordsCommand({ ShardIterator: iterator, Limit: limit }));
+        iterator = out.NextShardIterator;
+        if (out.Records.length === 0) { await sleep(20); continue; }
+        const records = out.Records.map((r) => ({ seq: r.SequenceNumber, data: JSON.parse(Buffer.from(r.Data).toString()) }));
+        const last = records.at(-1).seq;
+        on('batch', { records });
+        for (let attempt = 1; ; attempt++) {
+          try {
+            on('committed', { records, results: await process(records), attempt });
+            break;
+          } catch (err) {
+            if (!(err instanceof BatchError)) throw err;
+            await on('failed', { records, error: err, attempt });
+            await sleep(retryMs);
+          }
+        }
+        if (pauseMs) await sleep(pauseMs);
+        await writeCheckpoint(pool, grp, shard, last);
+        on('checkpointed', { seq: last });
+        finished = BigInt(last) >= BigInt(until);
+        break;
+      }
+      return finished;
+    },
+  };
+}
+
+/** Run shardConsumer's steps until `until` is checkpointed. */
+export async function consumeShard(options) {
+  const consumer = await shardConsumer(options);
+  while (!(await consumer.step()));
 }
