@@ -85,8 +85,8 @@ export async function processBatch(pool, records, { key, fn, arg = (record) => r
     // each behind a savepoint, so that the records that succeed commit and
     // only the failed ones are left for the batch's retry.
     const results = [];
-    await client.query('BEGIN');
     try {
+      await client.query('BEGIN');
       for (let i = 0; i < keys.length; i++) {
         await client.query('SAVEPOINT idem_record');
         try {
@@ -286,7 +286,14 @@ export async function processBatchExternal(pool, records, options, handler) {
       if (failed.length > 0) await client.query(RELEASE_ALL, [failed.map((t) => t.key), failed.map((t) => t.token)]);
     });
   } catch (err) {
-    if (!(err instanceof IdemError)) throw err;
+    if (!(err instanceof IdemError)) {
+      // persist or the connection failed: give every key back, so that the
+      // batch's retry runs at once (with each key's checkpoint).
+      const all = [...done, ...failed];
+      await inTransaction(pool, (client) => client.query(RELEASE_ALL, [all.map((t) => t.key), all.map((t) => t.token)]))
+        .catch(() => {});
+      throw err;
+    }
     await inTransaction(pool, async (client) => {
       for (const task of done) {
         await client.query('SAVEPOINT idem_record');

@@ -144,3 +144,16 @@ test('external batch: a key whose lease lapsed and was taken over is left out (I
     await single.end();
   }
 });
+
+test('external batch: persist failing records nothing and gives every key back at once', async () => {
+  const scenario = `persist-${run}`;
+  const calls = [];
+  const opts = { key: (r) => `${scenario}:${r.id}`, lease: 60000, wait: 0 };
+  const handler = async (r, step) => { calls.push(r.id); return { id: r.id, recovery: step.recovery }; };
+  await assert.rejects(processBatchExternal(pool, [{ id: 'a' }, { id: 'b' }],
+    { ...opts, persist: async () => { throw new Error('persist failed'); } }, handler), /persist failed/);
+  // wait 0: a key still held would be KeyInUseError at once.
+  const retry = await processBatchExternal(pool, [{ id: 'a' }, { id: 'b' }], opts, handler);
+  assert.deepEqual(retry.map((r) => r.replayed), [false, false]);
+  assert.deepEqual(calls.sort(), ['a', 'a', 'b', 'b']);
+});
