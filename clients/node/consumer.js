@@ -129,6 +129,31 @@ async function inTransaction(pool, work) {
   }
 }
 
+// Run one statement in autocommit (its own transaction: one round trip).
+async function autocommit(pool, text, values) {
+  const client = await pool.connect();
+  let lost;
+  try {
+    return await client.query(text, values);
+  } catch (err) {
+    lost = broken(err);
+    throw idemError(err);
+  } finally {
+    client.release(lost);
+  }
+}
+
+// The claims of a batch in one statement, in autocommit: one round trip, one
+// synchronous commit.  set_config(..., true) lasts until the end of the
+// statement's own transaction; claim's lease argument is computed from its
+// result, so that it runs before each claim whatever plan is chosen (the
+// planner pulls the subquery up into that argument).
+const CLAIM_ALL = `SELECT c.state, c.token, c.outcome, c.recovery_point, c.recovery_data
+  FROM (SELECT set_config('idem.wait_timeout', '0', true) AS nowait) AS s,
+       unnest($1::text[], $2::jsonb[]) WITH ORDINALITY AS u(k, r, n),
+       LATERAL idem.claim(u.k, u.r, CASE s.nowait WHEN '0' THEN $3::interval END) AS c
+ ORDER BY u.n`;
+
 // Claim every key in one transaction that never waits for another holder:
 // all or none, so a key held elsewhere (another consumer's batch, a crashed
 // consumer's lease) leaves this batch holding nothing while it pauses.
@@ -137,15 +162,7 @@ async function claimAll(pool, keys, requests, leaseMs, waitMs) {
   let pause = 25;
   for (;;) {
     try {
-      return await inTransaction(pool, async (client) => {
-        await client.query("SELECT set_config('idem.wait_timeout', '0', true)");
-        const { rows } = await client.query(
-          `SELECT c.state, c.token, c.outcome, c.recovery_point, c.recovery_data
-             FROM unnest($1::text[], $2::jsonb[]) WITH ORDINALITY AS u(k, r, n),
-                  LATERAL idem.claim(u.k, u.r, $3::interval) AS c ORDER BY u.n`,
-          [keys, requests, interval(leaseMs)]);
-        return rows;
-      });
+      return (await autocommit(pool, CLAIM_ALL, [keys, requests, interval(leaseMs)])).rows;
     } catch (err) {
       if (!(err instanceof KeyInUseError) || Date.now() >= deadline) throw err;
     }
@@ -166,10 +183,12 @@ async function mapLimit(items, limit, task) {
   await Promise.all(workers);
 }
 
-const COMPLETE_ALL = `SELECT idem.complete(u.k, u.t, u.o)
-  FROM unnest($1::text[], $2::bigint[], $3::jsonb[]) WITH ORDINALITY AS u(k, t, o, n) ORDER BY u.n`;
-const RELEASE_ALL = `SELECT idem.release(u.k, u.t)
-  FROM unnest($1::text[], $2::bigint[]) WITH ORDINALITY AS u(k, t, n) ORDER BY u.n`;
+const COMPLETE_ALL = `SELECT count(*) FROM unnest($1::text[], $2::bigint[], $3::jsonb[]) AS u(k, t, o),
+  LATERAL idem.complete(u.k, u.t, u.o) AS c`;
+const RELEASE_ALL = `SELECT count(*) FROM unnest($1::text[], $2::bigint[]) AS u(k, t), LATERAL idem.release(u.k, u.t) AS r`;
+// Both in one statement, for a batch without persist: one round trip, one commit.
+const FINISH_ALL = `SELECT (${COMPLETE_ALL}) AS completed,
+  (SELECT count(*) FROM unnest($4::text[], $5::bigint[]) AS v(k, t), LATERAL idem.release(v.k, v.t) AS r) AS released`;
 
 /**
  * Run handler(record, step) once per record key for work outside the
@@ -227,9 +246,9 @@ export async function processBatchExternal(pool, records, options, handler) {
   const timer = setInterval(() => {
     if (beating || running.size === 0) return;
     const live = [...running];
-    beating = inTransaction(pool, (client) => client.query(
-      'SELECT idem.extend(u.k, u.t, $3::interval) FROM unnest($1::text[], $2::bigint[]) AS u(k, t)',
-      [live.map((t) => t.key), live.map((t) => t.token), interval(lease)]))
+    beating = autocommit(pool,
+      'SELECT count(*) FROM unnest($1::text[], $2::bigint[]) AS u(k, t), LATERAL idem.extend(u.k, u.t, $3::interval) AS e',
+      [live.map((t) => t.key), live.map((t) => t.token), interval(lease)])
       .catch((err) => {
         if (err?.code === 'IK412') controller.abort(err);
         onHeartbeatError?.(err);
@@ -248,8 +267,8 @@ export async function processBatchExternal(pool, records, options, handler) {
         recovery: task.recovery,
         signal: controller.signal,
         async checkpoint(point, data = null) {
-          await inTransaction(pool, (client) => client.query('SELECT idem.checkpoint($1, $2, $3, $4::jsonb)',
-            [task.key, task.token, point, JSON.stringify(data)]));
+          await autocommit(pool, 'SELECT idem.checkpoint($1, $2, $3, $4::jsonb)',
+            [task.key, task.token, point, JSON.stringify(data)]);
           task.recovery = step.recovery = { point, data: asJson(data) };
         },
       };
@@ -281,17 +300,21 @@ export async function processBatchExternal(pool, records, options, handler) {
     }
   };
   try {
-    await inTransaction(pool, async (client) => {
-      await finish(client, done);
-      if (failed.length > 0) await client.query(RELEASE_ALL, [failed.map((t) => t.key), failed.map((t) => t.token)]);
-    });
+    if (persist && done.length > 0) {
+      await inTransaction(pool, async (client) => {
+        await finish(client, done);
+        if (failed.length > 0) await client.query(RELEASE_ALL, [failed.map((t) => t.key), failed.map((t) => t.token)]);
+      });
+    } else if (done.length + failed.length > 0) {
+      await autocommit(pool, FINISH_ALL, [done.map((t) => t.key), done.map((t) => t.token),
+        done.map((t) => JSON.stringify(t.outcome)), failed.map((t) => t.key), failed.map((t) => t.token)]);
+    }
   } catch (err) {
     if (!(err instanceof IdemError)) {
       // persist or the connection failed: give every key back, so that the
       // batch's retry runs at once (with each key's checkpoint).
       const all = [...done, ...failed];
-      await inTransaction(pool, (client) => client.query(RELEASE_ALL, [all.map((t) => t.key), all.map((t) => t.token)]))
-        .catch(() => {});
+      await autocommit(pool, RELEASE_ALL, [all.map((t) => t.key), all.map((t) => t.token)]).catch(() => {});
       throw err;
     }
     await inTransaction(pool, async (client) => {

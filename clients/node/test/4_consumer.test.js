@@ -105,6 +105,7 @@ test('external batch: the heartbeat keeps every running key, a held key makes th
   await assert.rejects(processBatchExternal(pool, [{ id: 'free' }, { id: 'held' }], { key: (r) => k(r.id), wait: 400 }, async (r) => r.id),
     (err) => err instanceof KeyInUseError);
   assert.ok(Date.now() - started >= 400);
+  assert.ok(Date.now() - started < 5000, 'no claim waited on the server (idem.wait_timeout 0, the default being 10 s)');
   assert.equal(await once(pool, { key: k('free'), request: { id: 'free' }, wait: 0 }, async () => 'claimable'), 'claimable');
   release();
   assert.equal(await holder, 'holder');
