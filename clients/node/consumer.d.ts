@@ -31,7 +31,7 @@ export interface RecordStep {
   readonly token: number;
   /** The last checkpoint of an earlier holder of the key (it crashed or failed), or null. */
   recovery: { point: string; data: Json } | null;
-  /** Aborted when the batch's heartbeat finds a key lost (IK412). */
+  /** Aborted when the batch's heartbeat finds this record's key lost (IK412). */
   readonly signal: AbortSignal;
   /** Record a recovery point for this key, committed at once. */
   checkpoint(point: string, data?: unknown): Promise<void>;

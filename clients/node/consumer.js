@@ -171,6 +171,16 @@ async function claimAll(pool, keys, requests, leaseMs, waitMs) {
   }
 }
 
+// JSON text with the keys of every object sorted: requests compare as jsonb
+// values do, whatever the order of their keys.
+function canonical(value) {
+  if (Array.isArray(value)) return `[${value.map(canonical).join(',')}]`;
+  if (value !== null && typeof value === 'object') {
+    return `{${Object.keys(value).sort().map((k) => `${JSON.stringify(k)}:${canonical(value[k])}`).join(',')}}`;
+  }
+  return JSON.stringify(value);
+}
+
 // Run tasks with at most `limit` of them at a time.
 async function mapLimit(items, limit, task) {
   let next = 0;
@@ -215,7 +225,7 @@ export async function processBatchExternal(pool, records, options, handler) {
   for (let i = 0; i < keys.length; i++) {
     const j = first.get(keys[i]);
     if (j === undefined) first.set(keys[i], i);
-    else if (JSON.stringify(JSON.parse(requests[j])) !== JSON.stringify(JSON.parse(requests[i]))) {
+    else if (canonical(JSON.parse(requests[j])) !== canonical(JSON.parse(requests[i]))) {
       results[i] = {
         key: keys[i],
         error: new RequestMismatchError({ code: 'IK422', message: `idempotency key "${keys[i]}" was already used for a different request` }),
@@ -239,21 +249,38 @@ export async function processBatchExternal(pool, records, options, handler) {
     }
   });
 
-  // The heartbeat extends the running keys' leases every third of the lease, in one statement.
-  const controller = new AbortController();
+  // The heartbeat extends the running keys' leases every third of the lease,
+  // in one statement.  If a key was taken over (IK412) the statement fails
+  // for all: the keys are then extended one by one, and a lost key's step is
+  // aborted and left out of later beats, so that it cannot starve the others.
   const running = new Set(toRun);
+  for (const task of toRun) task.controller = new AbortController();
+  const extend = (tasks) => autocommit(pool,
+    'SELECT count(*) FROM unnest($1::text[], $2::bigint[]) AS u(k, t), LATERAL idem.extend(u.k, u.t, $3::interval) AS e',
+    [tasks.map((t) => t.key), tasks.map((t) => t.token), interval(lease)]);
+  const beat = async () => {
+    const live = [...running];
+    try {
+      await extend(live);
+    } catch (err) {
+      if (err?.code !== 'IK412') { onHeartbeatError?.(err); return; }
+      for (const task of live) {
+        try {
+          await extend([task]);
+        } catch (e) {
+          if (e?.code === 'IK412') {
+            running.delete(task);
+            task.controller.abort(e);
+          }
+          onHeartbeatError?.(e);
+        }
+      }
+    }
+  };
   let beating = null;
   const timer = setInterval(() => {
     if (beating || running.size === 0) return;
-    const live = [...running];
-    beating = autocommit(pool,
-      'SELECT count(*) FROM unnest($1::text[], $2::bigint[]) AS u(k, t), LATERAL idem.extend(u.k, u.t, $3::interval) AS e',
-      [live.map((t) => t.key), live.map((t) => t.token), interval(lease)])
-      .catch((err) => {
-        if (err?.code === 'IK412') controller.abort(err);
-        onHeartbeatError?.(err);
-      })
-      .finally(() => { beating = null; });
+    beating = beat().catch((err) => onHeartbeatError?.(err)).finally(() => { beating = null; });
   }, lease / 3);
   timer.unref?.();
 
@@ -265,7 +292,7 @@ export async function processBatchExternal(pool, records, options, handler) {
         key: task.key,
         token: Number(task.token),
         recovery: task.recovery,
-        signal: controller.signal,
+        signal: task.controller.signal,
         async checkpoint(point, data = null) {
           await autocommit(pool, 'SELECT idem.checkpoint($1, $2, $3, $4::jsonb)',
             [task.key, task.token, point, JSON.stringify(data)]);

@@ -158,3 +158,44 @@ test('external batch: persist failing records nothing and gives every key back a
   assert.deepEqual(retry.map((r) => r.replayed), [false, false]);
   assert.deepEqual(calls.sort(), ['a', 'a', 'b', 'b']);
 });
+
+test('external batch: a key lost during the batch aborts its step only; the heartbeat keeps the others', async () => {
+  const scenario = `lost-${run}`;
+  const k = (id) => `${scenario}:${id}`;
+  const lease = 600;
+  let aborted = false;
+  const batch = processBatchExternal(pool, [{ id: 'a' }, { id: 'b' }], { key: (r) => k(r.id), lease }, async (r, step) => {
+    if (r.id === 'a') {
+      // Someone else ends this claim and takes the key (as after a lapse).
+      await pool.query('SELECT idem.release($1, $2)', [step.key, step.token]);
+      await once(pool, { key: step.key, request: { id: 'a' }, wait: 0 }, async () => 'a by another');
+      await new Promise((resolve) => step.signal.addEventListener('abort', resolve));
+      aborted = true;
+      return 'a by the batch';
+    }
+    await sleep(4 * lease);
+    return 'b by the batch';
+  });
+  await sleep(3 * lease);
+  await assert.rejects(once(pool, { key: k('b'), request: { id: 'b' }, wait: 0 }, async () => 'taken'),
+    (err) => err instanceof KeyInUseError, 'b is still held past its first lease');
+  const err = await batch.then(() => null, (e) => e);
+  assert.ok(aborted);
+  assert.ok(err instanceof BatchError);
+  assert.ok(err.results[0].error instanceof StaleTokenError);
+  assert.equal(err.results[1].outcome, 'b by the batch');
+});
+
+test('external batch: copies of a record whose JSON keys come in another order are duplicates; other values are IK422', async () => {
+  const scenario = `order-${run}`;
+  let runs = 0;
+  const recs = [{ id: 'a', x: 1, y: [1, { p: 1, q: 2 }] }, { y: [1, { q: 2, p: 1 }], x: 1, id: 'a' }, { id: 'a', x: 2, y: [] }];
+  const err = await processBatchExternal(pool, recs, { key: (r) => `${scenario}:${r.id}` }, async () => ++runs)
+    .then(() => null, (e) => e);
+  assert.equal(runs, 1);
+  assert.deepEqual(err.results.slice(0, 2).map((r) => [r.outcome, r.replayed]), [[1, false], [1, true]]);
+  assert.equal(err.results[2].error.code, 'IK422');
+  // idem compares the same way: the reordered copy replays in a later batch.
+  const later = await processBatchExternal(pool, [recs[1]], { key: (r) => `${scenario}:${r.id}` }, async () => ++runs);
+  assert.deepEqual(later.map((r) => [r.outcome, r.replayed]), [[1, true]]);
+});
