@@ -4,9 +4,10 @@
 // processBatch: the work is an SQL function; every record's
 // idem.idempotent_call runs in one statement, so the batch is one round trip
 // and one commit.  processBatchExternal: the work happens outside the
-// database; the batch's keys are claimed in one transaction (one synchronous
+// database; the batch's keys are claimed in one statement (one synchronous
 // commit), the handler runs per claimed key, and the outcomes are recorded
-// with idem.complete in one more transaction (one more synchronous commit).
+// with idem.complete in one more statement or transaction (one more synchronous
+// commit).
 //
 // Both resolve only after the batch committed, and reject with BatchError
 // when some records failed (the others are committed): the caller writes the
@@ -111,7 +112,7 @@ export async function processBatch(pool, records, { key, fn, arg = (record) => r
   }
 }
 
-// Run one statement in a transaction of its own on a pooled connection.
+// Run work(client) in a transaction of its own on a pooled connection.
 async function inTransaction(pool, work) {
   const client = await pool.connect();
   let lost;
