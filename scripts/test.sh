@@ -130,6 +130,16 @@ else
     cat "$scratch/bench_http.log"; echo "bench http smoke ... FAILED"; failed=$((failed + 1)); failures+=(bench-http)
 fi
 
+# And the stream benchmark: 300 events through the Kinesis consumer of
+# @idem/node/consumer and its at-least-once twin, failing if idem's effects
+# are not one per event or the twin's not one per record.
+echo "== bench stream smoke"
+if bash "$root/bench/stream/run" --smoke >"$scratch/bench_stream.log" 2>&1; then
+    echo "bench stream smoke ... ok"; passed=$((passed + 1))
+else
+    cat "$scratch/bench_stream.log"; echo "bench stream smoke ... FAILED"; failed=$((failed + 1)); failures+=(bench-stream)
+fi
+
 # The packaging: the Debian package (built from debian/ in a clean copy,
 # lintian, installed with apt on a pg_createcluster cluster, then purged)
 # and the PGXN archive (META.json, make dist, make installcheck of the

@@ -9,8 +9,10 @@
 # a scratch folder, starts a throwaway cluster with CREATE EXTENSION idem,
 # pgbouncer in transaction pooling in front of it, and a second cluster in
 # arbiter mode (idem preloaded, idem.arbiter = 'dynamodb') whose DynamoDB
-# endpoint is a closed port, runs node's test runner on test/, prints its
-# summary, stops everything it started and exits with the runner's status.
+# endpoint is a closed port, and kinesalite (the Kinesis emulator, in memory,
+# on 127.0.0.1) for the stream consumer's tests, runs node's test runner on
+# test/, prints its summary, stops everything it started and exits with the
+# runner's status.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -31,7 +33,10 @@ fi
 source "$root/scripts/cluster.sh"
 scratch=$(mktemp -d /tmp/idem-node.XXXXXX)
 chmod 755 "$scratch"
+kinesalite_pid=
+# shellcheck disable=SC2317,SC2015 # called by the EXIT trap; kill may fail
 cleanup() {
+    [ -n "$kinesalite_pid" ] && kill "$kinesalite_pid" 2>/dev/null || true
     bouncer_stop "$scratch/bouncer"
     cluster_stop "$scratch/arbiter"
     cluster_stop "$scratch/main"
@@ -61,6 +66,20 @@ cluster_start "$scratch/arbiter" "$(idem_conf --preload)" \
 as_pg psql -X -q -d postgres -v ON_ERROR_STOP=1 -c 'CREATE EXTENSION idem'
 export IDEM_TEST_ARBITER_HOST=$PGHOST IDEM_TEST_ARBITER_PORT=$PGPORT
 export PGHOST=$IDEM_TEST_HOST PGPORT=$IDEM_TEST_PORT PGUSER=postgres PGDATABASE=postgres
+
+# kinesalite on 127.0.0.1 (test/kinesalite.js: its own cli listens on every
+# interface), on a free port it prints.
+node "$here/test/kinesalite.js" 0 >"$scratch/kinesalite.log" 2>&1 &
+kinesalite_pid=$!
+kinesalite_port=
+for _ in $(seq 200); do
+    kinesalite_port=$(sed -n 's/^listening \([0-9]*\)$/\1/p' "$scratch/kinesalite.log")
+    [ -n "$kinesalite_port" ] && break
+    kill -0 "$kinesalite_pid" 2>/dev/null || break
+    sleep 0.05
+done
+[ -n "$kinesalite_port" ] || { echo "kinesalite did not start"; cat "$scratch/kinesalite.log"; exit 1; }
+export IDEM_TEST_KINESIS=http://127.0.0.1:$kinesalite_port
 
 cd "$here"
 status=0
