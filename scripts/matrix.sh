@@ -19,9 +19,11 @@
 #
 # Per major: builds idem against the headers (-Wall -Wextra -Werror, as the
 # Makefile says) and installs it into a scratch copy of that server, starts a
-# throwaway cluster on a unix socket, and runs the Makefile's REGRESS and
+# throwaway cluster on a unix socket, runs the Makefile's REGRESS and
 # ISOLATION lists with that major's pg_regress and pg_isolation_regress
-# (Debian's psql 15 is the client).  The 13 package has no
+# (Debian's psql 15 is the client), and runs the version scripts: creates
+# idem 1.0, records an outcome, updates to the default version, and checks
+# that the outcome replays.  The 13 package has no
 # pg_isolation_regress, and neither has Debian's 13 client package: the specs
 # run on the 13 server through PostgreSQL 15's isolation tester.
 #
@@ -90,6 +92,7 @@ fetch_headers() {
     # LLVM bitcode (clang is not here), and none of its options gcc refuses.
     local global=$dir/root/usr/lib/postgresql/$major/lib/pgxs/src/Makefile.global flag
     sed -i -e 's/^CC = .*/CC = gcc/' -e 's/^with_llvm\t*=.*/with_llvm = no/' "$global"
+    # shellcheck disable=SC2013 # the flags are words
     for flag in $(sed -n 's/^CFLAGS = //p' "$global"); do
         case $flag in -W*|-f*) ;; *) continue ;; esac
         if [[ $(gcc "$flag" -x c -c /dev/null -o /dev/null 2>&1) == *unrecognized* ]]; then
@@ -159,14 +162,18 @@ trap cleanup EXIT
 ok=0
 failed=0
 
-# Report one step; print its log (or diffs) when it failed.
+# Report one step, with the seconds since the previous one; print its log
+# when it failed.
+step_at=$SECONDS
 step() {
     local name=$1 status=$2 detail=$3 log=${4:-}
+    detail="${detail:+$detail, }$((SECONDS - step_at)) s"
+    step_at=$SECONDS
     if [ "$status" = ok ]; then
-        echo "matrix $name ... ok${detail:+ ($detail)}"; ok=$((ok + 1))
+        echo "matrix $name ... ok ($detail)"; ok=$((ok + 1))
     else
         [ -n "$log" ] && [ -s "$log" ] && cat "$log"
-        echo "matrix $name ... FAILED${detail:+ ($detail)}"; failed=$((failed + 1))
+        echo "matrix $name ... FAILED ($detail)"; failed=$((failed + 1))
     fi
 }
 
@@ -197,7 +204,7 @@ for major in "${majors[@]}"; do
         step "$major setup" failed "no source known for PostgreSQL $major"
         continue
     fi
-    started=$SECONDS
+    started=$SECONDS step_at=$SECONDS
     work=$scratch/$major
     mkdir -p "$work/src"
     if ! { fetch_headers "$major" && fetch_server "$major"; } >"$scratch/fetch-$major.log" 2>&1; then
@@ -224,6 +231,7 @@ for major in "${majors[@]}"; do
     # the runners write results/ and output_iso/ there
     [ "$(id -u)" -eq 0 ] && chown -R postgres: "$work/src"
 
+    # shellcheck disable=SC2034 # read by cluster.sh
     PG_BIN=$work/server/bin
     current=$work/cluster
     if ! cluster_start "$current" >"$work/cluster.log" 2>&1; then
@@ -251,6 +259,30 @@ for major in "${majors[@]}"; do
         --host="$PGHOST" --port="$PGPORT" --dbname=isolation_regression $isolation
     [ "$iso" = "$pgxs/isolation/pg_isolation_regress" ] ||
         echo "matrix $major isolation: the specs ran through PostgreSQL 15's isolation tester (none of $major here)"
+
+    # The version scripts run on this major: install 1.0, record an outcome,
+    # update to the default version, and the outcome still replays.
+    expected="1.0 $(sed -n "s/^default_version = '\(.*\)'/\1/p" "$root/idem.control") t|t"
+    got=$(as_pg "$client15/bin/psql" -X -qAt -v ON_ERROR_STOP=1 -d postgres 2>&1 <<'SQL' | tr '\n' ' ' | sed 's/ $//'
+CREATE DATABASE idem_scripts;
+\c idem_scripts
+CREATE EXTENSION idem VERSION '1.0';
+SELECT extversion FROM pg_extension WHERE extname = 'idem';
+CREATE FUNCTION public.stamp(p jsonb) RETURNS jsonb LANGUAGE sql
+    AS $$ SELECT p || jsonb_build_object('at', clock_timestamp()) $$;
+SELECT idem.idempotent_call('k1', 'public.stamp(jsonb)', '{"n": 1}'::jsonb) AS first \gset
+ALTER EXTENSION idem UPDATE;
+SELECT extversion FROM pg_extension WHERE extname = 'idem';
+SELECT idem.idempotent_call('k1', 'public.stamp(jsonb)', '{"n": 1}'::jsonb) = :'first'::jsonb,
+       idem.last_call_replayed();
+SQL
+    ) || true
+    if [ "$got" = "$expected" ]; then
+        step "$major scripts" ok "1.0, update, replay"
+    else
+        echo "expected: $expected"; echo "got: $got"
+        step "$major scripts" failed ""
+    fi
 
     cluster_stop "$current"; current=
     echo "matrix $major: $((SECONDS - started)) s"
