@@ -157,7 +157,8 @@ EOF
 
 scratch=$(mktemp -d /tmp/idem-matrix.XXXXXX)
 chmod 755 "$scratch"
-current= dynalite_pid=
+current=
+dynalite_pid=
 cleanup() {
     [ -n "$dynalite_pid" ] && kill "$dynalite_pid" 2>/dev/null
     [ -n "$current" ] && cluster_stop "$current"
