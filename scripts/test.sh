@@ -132,10 +132,11 @@ else
     cat "$scratch/bench_http.log"; echo "bench http smoke ... FAILED"; failed=$((failed + 1)); failures+=(bench-http)
 fi
 
-# Other PostgreSQL majors (13, 17, 18): idem built against each one's headers,
-# its regression suite, isolation specs and version scripts run on a server of
-# that major (about 25 MB downloaded per major on the first run, then cached).
-# Each step prints a line "matrix 17 regress ... ok" or "... FAILED".
+# Other PostgreSQL majors (13, 17, 18): idem built against each one's headers;
+# its regression suite, isolation specs, version scripts, and a preloaded
+# server syncing to dynalite, on a server of that major (about 35 MB
+# downloaded per major on the first run, then cached).  Each step prints a
+# line "matrix 17 regress ... ok" or "... FAILED".
 echo "== matrix"
 if bash "$root/scripts/matrix.sh" >"$scratch/matrix.log" 2>&1; then
     grep -E '^matrix' "$scratch/matrix.log"
