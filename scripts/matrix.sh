@@ -225,7 +225,9 @@ for major in "${majors[@]}"; do
     mkdir -p "$work/src"
     how=cached
     [ -f "$cache/$major/root/.ready" ] && [ -f "$cache/$major/server/.ready-${server[$major]}" ] || how=downloaded
-    if ! { fetch_headers "$major" && fetch_server "$major"; } >"$scratch/fetch-$major.log" 2>&1; then
+    # one fetch at a time per major, should two runs share the cache
+    if ! (flock 9 && fetch_headers "$major" && fetch_server "$major") 9>"$cache/.lock-$major" \
+        >"$scratch/fetch-$major.log" 2>&1; then
         step "$major fetch" failed "" "$scratch/fetch-$major.log"
         continue
     fi
