@@ -164,17 +164,20 @@ chmod 755 "$scratch"
 current=
 dynalite_pid=
 stop_major() {
-    [ -n "$dynalite_pid" ] && kill "$dynalite_pid" 2>/dev/null
-    [ -n "$current" ] && cluster_stop "$current"
-    return 0
+    if [ -n "$dynalite_pid" ]; then kill "$dynalite_pid" 2>/dev/null || true; fi
+    if [ -n "$current" ]; then cluster_stop "$current"; fi
 }
 children=()
 cleanup() {
     local pid dir
     for pid in "${children[@]}"; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    for dir in "$scratch"/*/cluster; do [ -d "$dir" ] && cluster_stop "$dir"; done
-    for pid in "$scratch"/*/dynalite.pid; do [ -f "$pid" ] && kill "$(cat "$pid")" 2>/dev/null; done
+    for dir in "$scratch"/*/cluster; do
+        if [ -d "$dir" ]; then cluster_stop "$dir"; fi
+    done
+    for pid in "$scratch"/*/dynalite.pid; do
+        if [ -f "$pid" ]; then kill "$(cat "$pid")" 2>/dev/null || true; fi
+    done
     if [ -n "${IDEM_MATRIX_KEEP:-}" ]; then echo "matrix: kept $scratch"; else rm -rf "$scratch"; fi
 }
 trap cleanup EXIT
