@@ -26,7 +26,8 @@
 # (Debian's psql 15 is the client), and runs the version scripts: creates
 # idem 1.0, records an outcome, updates to the default version, and checks
 # that the outcome replays; then restarts the server with idem in
-# shared_preload_libraries and reads idem.stats.  The 13 package has no
+# shared_preload_libraries, syncing to dynalite (test/dynamo's), reads
+# idem.stats and checks what the sync worker wrote.  The 13 package has no
 # pg_isolation_regress, and neither has Debian's 13 client package: the specs
 # run on the 13 server through PostgreSQL 15's isolation tester.
 #
@@ -36,8 +37,9 @@
 # The majors run at the same time, each on its own cluster and dynalite (their
 # tests mostly wait: about 55 s for all three here, against 100 s in turn).
 #
-# Prints one line per step ("matrix 17 regress ... ok (19 tests)" or
-# "... FAILED", then the diffs) and exits non-zero if any step failed.
+# Prints one line per step ("matrix 17 regress ... ok (20 tests, 12 s)" or
+# "... FAILED", then the log or diffs), then "matrix: N passed, N failed",
+# and exits non-zero if any step failed.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
