@@ -26,7 +26,7 @@ EXTENSION = idem
 DATA = $(wildcard idem--*.sql)
 PGFILEDESC = "idem - idempotency keys for PostgreSQL"
 
-REGRESS = setup call replay mismatch failure expiry roles purge bad_input replayed_flag hostile key_table lease lease_waits lease_sync_commit arbiter untyped_args fn_versions stats
+REGRESS = setup call replay mismatch failure expiry roles purge bad_input replayed_flag hostile key_table lease lease_waits lease_sync_commit arbiter untyped_args fn_versions stats reserved_prefix
 REGRESS_OPTS =
 ISOLATION = first_writer_wins rollback_frees_key many_waiters wait_timeout repeatable_read expired_record lease_holders reindex_key key_order_deadlock
 ISOLATION_OPTS =

@@ -3,7 +3,9 @@
 #
 #   scripts/test.sh            pg_regress, isolation specs and TAP tests, the
 #                              client libraries' own runners (node's test
-#                              runner, pytest) and the benchmarks' smoke modes
+#                              runner, pytest), the benchmarks' smoke modes,
+#                              and pg_regress and isolation specs on
+#                              PostgreSQL 13, 17 and 18 (scripts/matrix.sh)
 #
 # Installs the packages it needs (scripts/setup.sh), builds the extension and
 # installs it below a scratch folder (make install DESTDIR=..., loaded from
@@ -165,6 +167,20 @@ run_packaging() {
 }
 run_packaging deb "$root/scripts/test_deb.sh"
 run_packaging pgxn "$root/scripts/test_pgxn.sh"
+
+# Other PostgreSQL majors (13, 17, 18): idem built against each one's headers;
+# its regression suite, isolation specs, version scripts, and a preloaded
+# server syncing to dynalite, on a server of that major (about 35 MB
+# downloaded per major on the first run, then cached).  Each step prints a
+# line "matrix 17 regress ... ok" or "... FAILED".
+echo "== matrix"
+if bash "$root/scripts/matrix.sh" >"$scratch/matrix.log" 2>&1; then
+    grep -E '^matrix' "$scratch/matrix.log"
+else
+    cat "$scratch/matrix.log"; failures+=(matrix)
+fi
+passed=$((passed + $(grep -cE '^matrix .* \.\.\. ok' "$scratch/matrix.log" || true)))
+failed=$((failed + $(grep -cE '^matrix .* \.\.\. FAILED' "$scratch/matrix.log" || true)))
 
 echo
 if [ ${#failures[@]} -gt 0 ] && [ "$failed" -eq 0 ]; then failed=${#failures[@]}; fi

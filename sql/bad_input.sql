@@ -67,4 +67,3 @@ SELECT count(*) AS nested_runs FROM t.effects WHERE fn = 'nested';
 
 -- GUC values out of range are refused.
 SELECT t.try($$SET idem.wait_timeout = -1$$);
-SELECT t.try($$SET idem.no_such_setting = 1$$);

@@ -31,6 +31,9 @@ BEGIN
 EXCEPTION WHEN OTHERS THEN
     GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, message = MESSAGE_TEXT,
                             detail = PG_EXCEPTION_DETAIL, hint = PG_EXCEPTION_HINT;
+    -- PostgreSQL 16 repeats the unit in a setting's range, "(1 s .. 2147483647 s)":
+    -- shown as before 16, "(1 .. 2147483647)", so that one output fits all majors
+    message := regexp_replace(message, '\((-?[0-9.]+) ([A-Za-z]+) \.\. (-?[0-9.]+) \2\)', '(\1 .. \3)');
     RETURN state || E'\n  message: ' || message
            || coalesce(E'\n  detail:  ' || nullif(detail, ''), '')
            || coalesce(E'\n  hint:    ' || nullif(hint, ''), '');
@@ -42,5 +45,14 @@ GRANT EXECUTE ON FUNCTION t.try(text) TO PUBLIC;
 CREATE FUNCTION t.runs() RETURNS bigint LANGUAGE sql AS $$ SELECT count(*) FROM t.effects $$;
 CREATE FUNCTION t.records() RETURNS bigint LANGUAGE sql AS $$ SELECT count(*) FROM idem.records $$;
 
--- The extension's objects.
-\dx+ idem
+-- The extension's objects, as \dx+ lists them, but for the row types of its
+-- tables and views and the array types, which PostgreSQL 17 records as
+-- members too.
+SELECT pg_describe_object(d.classid, d.objid, 0) AS "Object description"
+  FROM pg_depend d
+ WHERE d.refclassid = 'pg_extension'::regclass AND d.deptype = 'e'
+   AND d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'idem')
+   AND NOT EXISTS (SELECT FROM pg_type t LEFT JOIN pg_class c ON c.oid = t.typrelid
+                    WHERE d.classid = 'pg_type'::regclass AND t.oid = d.objid
+                      AND (c.relkind <> 'c' OR EXISTS (SELECT FROM pg_type e WHERE e.typarray = t.oid)))
+ ORDER BY 1;

@@ -31,7 +31,13 @@
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
+#include "compat.h"
 #include "dynamodb.h"
+
+/* SigV4 signing (CURLOPT_AWS_SIGV4) came in libcurl 7.75.0. */
+#if LIBCURL_VERSION_NUM < 0x074b00
+#error "idem needs libcurl 7.75.0 or later"
+#endif
 
 /* One request on the wire. */
 typedef struct DynamoRequest
@@ -253,7 +259,12 @@ IdemDynamoSend(IdemDynamoClient *client, const char *operation,
 		req->headers = curl_slist_append(req->headers, client->token_header);
 
 	curl_easy_setopt(easy, CURLOPT_URL, client->url);
+	/* the string form came in libcurl 7.85, which deprecated the bit mask */
+#if LIBCURL_VERSION_NUM >= 0x075500
 	curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https");
+#else
+	curl_easy_setopt(easy, CURLOPT_PROTOCOLS, (long) (CURLPROTO_HTTP | CURLPROTO_HTTPS));
+#endif
 	curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(easy, CURLOPT_TCP_KEEPALIVE, 1L);
 	curl_easy_setopt(easy, CURLOPT_HTTPHEADER, req->headers);
@@ -310,7 +321,7 @@ IdemDynamoWait(IdemDynamoClient *client, long timeout_ms, uint32 wait_event)
 	}
 
 	nevents = 2 + client->nsockets;
-	set = CreateWaitEventSet(CurrentMemoryContext, nevents);
+	set = IdemCreateWaitEventSet(nevents);
 	AddWaitEventToSet(set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
 	AddWaitEventToSet(set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
 	for (int i = 0; i < client->nsockets; i++)

@@ -28,20 +28,24 @@
  */
 #include "postgres.h"
 
+/* before any OpenSSL header: 13's common/sha2.h includes one */
+#ifdef USE_OPENSSL
+#define OPENSSL_SUPPRESS_DEPRECATED
+#endif
+
 #include "access/nbtree.h"
 #include "catalog/pg_am.h"
 #include "catalog/pg_collation.h"
 #include "catalog/pg_type.h"
 #include "commands/defrem.h"
-#include "common/cryptohash.h"
 #include "utils/lsyscache.h"
 #include "utils/numeric.h"
 #include "utils/resowner.h"
 
+#include "compat.h"
 #include "fingerprint.h"
 
 #ifdef USE_OPENSSL
-#define OPENSSL_SUPPRESS_DEPRECATED
 #include <openssl/opensslconf.h>
 #ifndef OPENSSL_NO_DEPRECATED_3_0
 #include <openssl/sha.h>
@@ -112,7 +116,7 @@ IdemDigestSignature(const char *signature, uint8 digest[PG_SHA256_DIGEST_LENGTH]
 		pg_cryptohash_update(ctx, (const uint8 *) signature, strlen(signature)) < 0 ||
 		pg_cryptohash_final(ctx, digest, PG_SHA256_DIGEST_LENGTH) < 0)
 		elog(ERROR, "could not compute request fingerprint: %s",
-			 pg_cryptohash_error(ctx));
+			 IdemCryptohashError(ctx));
 	pg_cryptohash_free(ctx);
 }
 
@@ -181,7 +185,7 @@ DigestStart(void)
 	}
 	if (pg_cryptohash_init(digest_ctx) < 0)
 		elog(ERROR, "could not compute request fingerprint: %s",
-			 pg_cryptohash_error(digest_ctx));
+			 IdemCryptohashError(digest_ctx));
 }
 
 /* Feed len bytes at data to the digest itself. */
@@ -190,7 +194,7 @@ DigestUpdate(const uint8 *data, size_t len)
 {
 	if (pg_cryptohash_update(digest_ctx, data, len) < 0)
 		elog(ERROR, "could not compute request fingerprint: %s",
-			 pg_cryptohash_error(digest_ctx));
+			 IdemCryptohashError(digest_ctx));
 }
 
 /* Finish the digest. */
@@ -199,7 +203,7 @@ DigestFinish(uint8 digest[PG_SHA256_DIGEST_LENGTH])
 {
 	if (pg_cryptohash_final(digest_ctx, digest, PG_SHA256_DIGEST_LENGTH) < 0)
 		elog(ERROR, "could not compute request fingerprint: %s",
-			 pg_cryptohash_error(digest_ctx));
+			 IdemCryptohashError(digest_ctx));
 }
 
 #endif							/* DIGEST_WITH_OPENSSL_SHA256 */

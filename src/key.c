@@ -17,6 +17,7 @@
 
 #include "mb/pg_wchar.h"
 
+#include "compat.h"
 #include "errcodes.h"
 #include "key.h"
 

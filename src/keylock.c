@@ -49,6 +49,7 @@
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
+#include "compat.h"
 #include "errcodes.h"
 #include "key.h"
 #include "keylock.h"
@@ -254,7 +255,7 @@ IdemWaitForWriter(TransactionId xid, text *key, const IdemWait *wait)
 {
 	if (RecoveryInProgress())
 		WaitForPrimaryWriter(xid, key, wait);
-	else if (!ConditionalXactLockTableWait(xid))
+	else if (!IdemConditionalXactLockTableWait(xid))
 		WaitBounded(NULL, xid, key, wait);
 }
 

@@ -46,6 +46,7 @@
 #include "utils/snapmgr.h"
 
 #include "catalog.h"
+#include "compat.h"
 #include "key.h"
 #include "keytable.h"
 
@@ -250,7 +251,7 @@ IdemKeyTableProbe(IdemKeyTable *table, text *key, TimestampTz now, IdemRecordPro
 	{
 		InitDirtySnapshot(table->dirty);
 		table->slot = table_slot_create(table->heap, NULL);
-		table->scan = index_beginscan(table->heap, table->index, &table->dirty, 2, 0);
+		table->scan = IdemIndexBeginScan(table->heap, table->index, &table->dirty, 2, 0);
 	}
 	slot = table->slot;
 	index_rescan(table->scan, table->scankeys, 2, NULL, 0);

@@ -49,6 +49,7 @@
 #include "utils/timestamp.h"
 #include "utils/varlena.h"
 
+#include "compat.h"
 #include "key.h"
 #include "stats.h"
 
@@ -178,7 +179,9 @@ static int	npending = 0;
 static int	maxpending = 0;
 static bool callbacks_registered = false;
 
+#if PG_VERSION_NUM >= 150000
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
+#endif
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
 PG_FUNCTION_INFO_V1(idem_stats_rows);
@@ -224,8 +227,7 @@ CheckLogEvents(char **newval, void **extra, GucSource source)
 	}
 	list_free(items);
 	pfree(raw);
-	/* PostgreSQL 15 frees extra with free(); guc_malloc came in 16 */
-	result = (int *) malloc(sizeof(int));
+	result = (int *) IdemGucMalloc(sizeof(int));
 	if (result == NULL)
 		return false;
 	*result = mask;
@@ -252,8 +254,10 @@ StatsMemorySize(void)
 static void
 StatsShmemRequest(void)
 {
+#if PG_VERSION_NUM >= 150000
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
+#endif
 	RequestAddinShmemSpace(StatsMemorySize());
 	RequestNamedLWLockTranche(STATS_TRANCHE, 1);
 }
@@ -499,8 +503,13 @@ IdemStatsInit(void)
 								"A new entry arriving at a full table evicts the entry with the fewest calls.",
 								&idem_stats_max, 1000, 100, 1000000,
 								PGC_POSTMASTER, 0, NULL, NULL, NULL);
+#if PG_VERSION_NUM >= 150000
 		prev_shmem_request_hook = shmem_request_hook;
 		shmem_request_hook = StatsShmemRequest;
+#else
+		/* before 15, requests are made from _PG_init itself */
+		StatsShmemRequest();
+#endif
 		prev_shmem_startup_hook = shmem_startup_hook;
 		shmem_startup_hook = StatsShmemStartup;
 	}

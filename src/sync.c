@@ -45,6 +45,7 @@
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
+#include "compat.h"
 #include "dynamodb.h"
 #include "sync.h"
 #include "sync_secrets.h"
@@ -193,20 +194,35 @@ SyncShmemStartup(void)
  * transaction become visible then, and no transaction callback of the
  * session that queued them runs any more.
  */
+#if PG_VERSION_NUM >= 140000
 static void
 SyncProcessUtility(PlannedStmt *pstmt, const char *queryString,
 				   bool readOnlyTree, ProcessUtilityContext context,
 				   ParamListInfo params, QueryEnvironment *queryEnv,
 				   DestReceiver *dest, QueryCompletion *qc)
+#else
+static void
+SyncProcessUtility(PlannedStmt *pstmt, const char *queryString,
+				   ProcessUtilityContext context,
+				   ParamListInfo params, QueryEnvironment *queryEnv,
+				   DestReceiver *dest, QueryCompletion *qc)
+#endif
 {
 	Node	   *parsetree = pstmt->utilityStmt;
 
+	/* 14 added readOnlyTree */
 	if (prev_process_utility_hook)
-		prev_process_utility_hook(pstmt, queryString, readOnlyTree, context,
-								  params, queryEnv, dest, qc);
+		prev_process_utility_hook(pstmt, queryString,
+#if PG_VERSION_NUM >= 140000
+								  readOnlyTree,
+#endif
+								  context, params, queryEnv, dest, qc);
 	else
-		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context,
-								params, queryEnv, dest, qc);
+		standard_ProcessUtility(pstmt, queryString,
+#if PG_VERSION_NUM >= 140000
+								readOnlyTree,
+#endif
+								context, params, queryEnv, dest, qc);
 	/* COMMIT PREPARED runs outside a transaction block: it has committed. */
 	if (IsA(parsetree, TransactionStmt) &&
 		((TransactionStmt *) parsetree)->kind == TRANS_STMT_COMMIT_PREPARED)
@@ -551,7 +567,7 @@ IdemSyncAttachWorker(void)
 				 errhint("Add idem to shared_preload_libraries.")));
 
 	SpinLockAcquire(&sync_shared->mutex);
-	sync_shared->worker_pgprocno = MyProc->pgprocno;
+	sync_shared->worker_pgprocno = IdemMyProcNumber();
 	sync_shared->worker_pid = MyProcPid;
 	SpinLockRelease(&sync_shared->mutex);
 	before_shmem_exit(SyncWorkerDetach, 0);

@@ -35,6 +35,7 @@
 #include "common/base64.h"
 #include "common/jsonapi.h"
 #include "common/md5.h"
+#include "compat.h"
 #include "fmgr.h"
 #include "lib/stringinfo.h"
 #include "mb/pg_wchar.h"
@@ -111,12 +112,12 @@ IdemSyncItemId(const char *prefix, const char *key)
 	/* JSON.stringify and escape_json agree on every valid UTF-8 string. */
 	initStringInfo(&json);
 	escape_json(&json, key);
-	if (!pg_md5_binary(json.data, json.len, digest, &errstr))
+	if (!IdemMd5Binary(json.data, json.len, digest, &errstr))
 		ereport(ERROR,
 				(errcode(ERRCODE_INTERNAL_ERROR),
 				 errmsg("could not compute the MD5 hash of an idempotency key: %s",
 						errstr)));
-	len = pg_b64_encode((const char *) digest, sizeof(digest), b64, sizeof(b64) - 1);
+	len = IdemBase64Encode(digest, sizeof(digest), b64, sizeof(b64) - 1);
 	if (len < 0)
 		elog(ERROR, "could not encode an MD5 hash in base64");
 	b64[len] = '\0';
@@ -689,7 +690,7 @@ IdemSyncReadItem(const char *response, IdemSyncRemote *remote)
 	memset(remote, 0, sizeof(IdemSyncRemote));
 
 	/* Check the syntax first: a broken answer must not raise an error. */
-	lex = makeJsonLexContextCstringLen(copy, strlen(copy), PG_UTF8, false);
+	lex = IdemJsonLexer(copy, strlen(copy));
 	if (pg_parse_json(lex, &nullSemAction) != JSON_SUCCESS)
 		return;
 

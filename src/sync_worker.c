@@ -43,7 +43,6 @@
 
 #include "access/xact.h"
 #include "commands/dbcommands.h"
-#include "common/pg_prng.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -58,6 +57,7 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
+#include "compat.h"
 #include "dynamodb.h"
 #include "sync.h"
 #include "sync_format.h"
@@ -184,7 +184,7 @@ RetryDelayMs(int attempts, bool arbiter)
 	d = Min(d, (double) idem_dynamodb_retry_max_delay);
 	if (arbiter)
 		d = Min(d, ARBITER_RETRY_MAX_DELAY_MS);
-	return d / 2 + pg_prng_double(&pg_global_prng_state) * d / 2;
+	return d / 2 + IdemRandomFraction() * d / 2;
 }
 
 /* Note what became of a job; the verdict is written by ApplyVerdicts. */
