@@ -95,8 +95,9 @@ TREE=$root perl -MJSON::PP -e '
         }
     }
     check(!@bad, "prereqs use the phases, relations and version forms of the spec (" . join(" ", @bad) . ")");
-    check(($meta->{prereqs}{runtime}{requires}{PostgreSQL} // "") eq "13.0.0",
-        "the runtime requires PostgreSQL 13.0.0 or later");
+    # the majors scripts/matrix.sh and the suite test: 13 to 18
+    check(($meta->{prereqs}{runtime}{requires}{PostgreSQL} // "") eq ">= 13.0.0, < 19.0.0",
+        "the runtime requires PostgreSQL 13 to 18, the majors the tests run");
     check(($meta->{release_status} // "stable") =~ /^(stable|testing|unstable)$/, "release_status is one of the spec");
     check(!defined $meta->{tags} || (ref $meta->{tags} eq "ARRAY"
         && !grep({ ref $_ || !length $_ || length $_ > 255 } @{ $meta->{tags} })), "tags are short strings");

@@ -2,7 +2,8 @@
  *
  * compat.h
  *		The few server interfaces that differ between the PostgreSQL majors
- *		idem builds against (13 to 18), and the libcurl versions it accepts.
+ *		idem builds against (13 to 18); the libcurl version checks live in
+ *		src/dynamodb.c, beside the calls they guard.
  *
  * Each difference is one macro or inline function named after what idem
  * needs, defined as the newest form of the interface on the majors that
