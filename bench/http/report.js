@@ -14,7 +14,7 @@ const median = (xs) => {
   const s = [...xs].sort((a, b) => a - b);
   return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
 };
-const variants = ['none', 'redis', 'idem'].filter((v) => rows.some((r) => r.variant === v));
+const variants = ['none', 'redis', 'idem', 'idem-lease'].filter((v) => rows.some((r) => r.variant === v));
 const modes = ['first', 'replay'].filter((m) => rows.some((r) => r.mode === m));
 const clientCounts = [...new Set(rows.map((r) => r.clients))].sort((a, b) => a - b);
 const rounds = new Set(rows.map((r) => r.round)).size;
@@ -53,7 +53,7 @@ for (const mode of modes) {
   }
 }
 out.push('');
-out.push('goals (issue 24), idem rps / redis rps:');
+out.push('goals (issue 24), idem rps / redis rps (idem: the middleware\'s default mode, \'transaction\'):');
 for (const [mode, goal] of [['replay', 1.0], ['first', 0.8]]) {
   for (const clients of clientCounts) {
     const i = med[`${mode}/${clients}/idem`];
@@ -63,7 +63,9 @@ for (const [mode, goal] of [['replay', 1.0], ['first', 0.8]]) {
       continue;
     }
     const ratio = i.rps / r.rps;
-    out.push(`  ${ratio >= goal ? 'PASS' : 'MISS'} ${mode} ${clients} client(s): ${ratio.toFixed(2)}x (goal >= ${goal.toFixed(1)}x)`);
+    const lease = med[`${mode}/${clients}/idem-lease`];
+    const also = lease ? ` (mode 'lease': ${(lease.rps / r.rps).toFixed(2)}x)` : '';
+    out.push(`  ${ratio >= goal ? 'PASS' : 'MISS'} ${mode} ${clients} client(s): ${ratio.toFixed(2)}x (goal >= ${goal.toFixed(1)}x)${also}`);
   }
 }
 console.log(out.join('\n'));
