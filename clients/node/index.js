@@ -140,9 +140,9 @@ async function claim(pool, key, requestText, leaseMs, waitMs, inTransaction) {
       return { row };
     }
     if (row.state === 'replay') {
-      // Nothing was written: end the transaction before the connection goes back.
-      const failed = await client.query('ROLLBACK').then(() => undefined, (err) => err);
-      client.release(failed);
+      // Nothing was written: the caller need not wait for the transaction's
+      // end, but the connection goes back to the pool only after it.
+      client.query('ROLLBACK').then(() => client.release(), (err) => client.release(err));
       return { row };
     }
     return { row, client };

@@ -7,7 +7,8 @@ import assert from 'node:assert/strict';
 import { fileURLToPath } from 'node:url';
 import { once, onceDetailed, InvalidKeyError, RequestMismatchError } from '../index.js';
 import { idempotency } from '../express.js';
-import { makePool, freshKey, listen, post, sleep, start } from './helpers.js';
+import pg from 'pg';
+import { makePool, freshKey, listen, post, sleep, start, targets } from './helpers.js';
 import { makeApp } from './app.js';
 
 const appJs = fileURLToPath(new URL('./app.js', import.meta.url));
@@ -109,37 +110,55 @@ test('[transaction] a replay or a refused claim leaves no transaction open on th
   const one = makePool('main', 1);
   try {
     const key = freshKey('tx-clean');
-    await once(one, { key, request: 1, mode: tx }, async () => 'done');
-    assert.equal((await onceDetailed(one, { key, request: 1, mode: tx }, async () => 'ran')).replayed, true);
-    await assert.rejects(once(one, { key, request: 2, mode: tx }, async () => 'ran'), RequestMismatchError);
     // In a transaction left open, now() would be older than the statement.
-    const { rows: [r] } = await one.query('SELECT now() = statement_timestamp() AS fresh, txid_current_if_assigned() AS xid');
-    assert.equal(r.fresh, true);
-    assert.equal(r.xid, null);
+    const outside = async () => {
+      const { rows: [r] } = await one.query('SELECT now() = statement_timestamp() AS fresh');
+      assert.equal(r.fresh, true, 'the pooled connection was left in a transaction');
+    };
+    await once(one, { key, request: 1, mode: tx }, async () => 'done');
+    await outside();
+    assert.equal((await onceDetailed(one, { key, request: 1, mode: tx }, async () => 'ran')).replayed, true);
+    await outside();
+    await assert.rejects(once(one, { key, request: 2, mode: tx }, async () => 'ran'), RequestMismatchError);
+    await outside();
   } finally {
     await one.end();
   }
 });
 
-test('keys and requests with quotes, backslashes and other characters travel intact in both modes; a NUL in a key is refused', async () => {
-  for (const mode of ['lease', tx]) {
-    const key = freshKey(`odd'key\\"${mode}"\u00e9\u{1F600}';--`);
-    const request = { q: "it's", b: 'back\\slash', u: '\u00e9\u{1F600}', n: '\\u0000', e: "E'x'" };
-    let runs = 0;
-    const fn = async (step) => { runs++; return { key: step.key, request, text: "a'b\\c" }; };
-    const first = await once(pool, { key, request, mode }, fn);
-    assert.deepStrictEqual(first, { key, request, text: "a'b\\c" });
-    assert.deepStrictEqual(await once(pool, { key, request: { ...request }, mode }, fn), first);
-    await assert.rejects(once(pool, { key, request: { ...request, q: 'its' }, mode }, fn), RequestMismatchError);
-    assert.equal(runs, 1);
-    assert.equal((await recordOf(key)).status, 'completed');
-    let ran = false;
-    await assert.rejects(once(pool, { key: `nul\u0000${mode}`, mode }, async () => { ran = true; }),
-      (err) => err instanceof InvalidKeyError && err.httpStatus === 400);
-    assert.equal(ran, false);
+test('keys and requests with quotes, backslashes and other characters travel intact in both modes, whatever standard_conforming_strings says; a NUL in a key is refused', async () => {
+  const legacy = new pg.Pool({ ...targets.main, user: 'postgres', database: 'postgres', max: 2, options: '-c standard_conforming_strings=off' });
+  legacy.on('error', () => {});
+  try {
+    assert.equal((await legacy.query('SHOW standard_conforming_strings')).rows[0].standard_conforming_strings, 'off');
+    for (const mode of ['lease', tx]) await oddKeys(mode, legacy, 'legacy');
+  } finally {
+    await legacy.end();
   }
+  for (const mode of ['lease', tx]) await oddKeys(mode, pool, 'default');
   assert.throws(() => idempotency(pool, { mode: 'both' }), TypeError);
 });
+
+// First call, replay and IK422 of an awkward key and request through db.
+async function oddKeys(mode, db, tag) {
+  const key = freshKey(`odd'key\\"${mode}"\u00e9\u{1F600}';--${tag}`);
+  const request = { q: "it's", b: 'back\\slash\\\\', c: "\\'", u: '\u00e9\u{1F600}', n: '\\u0000', e: "E'x'" };
+  let runs = 0;
+  const fn = async (step) => { runs++; return { key: step.key, request, text: "a'b\\c" }; };
+  const first = await once(db, { key, request, mode }, fn);
+  const { rows: [stored] } = await db.query('SELECT key, outcome FROM idem.my_records WHERE key = $1', [key]);
+  assert.equal(stored.key, key);
+  assert.deepStrictEqual(stored.outcome, first);
+  assert.deepStrictEqual(first, { key, request, text: "a'b\\c" });
+  assert.deepStrictEqual(await once(db, { key, request: { ...request }, mode }, fn), first);
+  await assert.rejects(once(db, { key, request: { ...request, q: 'its' }, mode }, fn), RequestMismatchError);
+  assert.equal(runs, 1);
+  assert.equal((await recordOf(key)).status, 'completed');
+  let ran = false;
+  await assert.rejects(once(db, { key: `nul\u0000${mode}`, mode }, async () => { ran = true; }),
+    (err) => err instanceof InvalidKeyError && err.httpStatus === 400);
+  assert.equal(ran, false);
+}
 
 test('[transaction] over HTTP: the route\'s write and the recorded response commit together, or neither does', async () => {
   const made = await makeApp(pool, { lease: 60000, wait: 2000 });
