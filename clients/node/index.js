@@ -99,6 +99,40 @@ async function autocommit(pool, text, values) {
   }
 }
 
+// A holder keeps a pooled connection across fn (mode 'transaction': all of
+// it; mode 'lease': from step.client's first query).  So that fn may still
+// use the pool itself beside step.client (a query at a time), at most
+// max - 1 holders per pool have such a connection at once: one is always
+// left over, and every holder waiting for it gets it in turn.
+const holderSlots = new WeakMap();
+
+function slotsOf(pool) {
+  let slots = holderSlots.get(pool);
+  if (slots === undefined) {
+    slots = { free: Math.max(1, (pool.options?.max ?? 10) - 1), waiting: [] };
+    holderSlots.set(pool, slots);
+  }
+  return slots;
+}
+
+// Wait for a holder's slot of pool (holding no connection meanwhile).
+function takeSlot(pool) {
+  const slots = slotsOf(pool);
+  if (slots.free > 0) {
+    slots.free -= 1;
+    return undefined;
+  }
+  return new Promise((resolve) => slots.waiting.push(resolve));
+}
+
+// Give a holder's slot back, to the longest waiter if any.
+function giveSlot(pool) {
+  const slots = slotsOf(pool);
+  const next = slots.waiting.shift();
+  if (next) next();
+  else slots.free += 1;
+}
+
 // Claim the key with idem.wait_timeout = 0, pausing outside the pool between
 // attempts.  'lease': in the implicit transaction of one query, committed
 // when it returns.  'transaction': after BEGIN, on a connection that is
@@ -114,7 +148,14 @@ async function claim(pool, key, requestText, leaseMs, waitMs, inTransaction) {
   const deadline = Date.now() + waitMs;
   let pause = 25;
   for (;;) {
-    const client = await pool.connect();
+    if (inTransaction) await takeSlot(pool);
+    let client;
+    try {
+      client = await pool.connect();
+    } catch (err) {
+      if (inTransaction) giveSlot(pool);
+      throw err;
+    }
     let row;
     try {
       const results = await client.query(text);
@@ -124,6 +165,7 @@ async function claim(pool, key, requestText, leaseMs, waitMs, inTransaction) {
       // An error ends the implicit transaction of 'lease' by itself.
       if (!broken && inTransaction) await client.query('ROLLBACK').catch(() => {});
       client.release(broken);
+      if (inTransaction) giveSlot(pool);
       if (err.code !== 'IK409' || Date.now() >= deadline) {
         if (err.code === 'IK409') {
           throw new KeyInUseError(err, `idempotency key "${key}" is still in use after waiting ${waitMs} ms`, 1);
@@ -142,7 +184,7 @@ async function claim(pool, key, requestText, leaseMs, waitMs, inTransaction) {
     if (row.state === 'replay') {
       // Nothing was written: the caller need not wait for the transaction's
       // end, but the connection goes back to the pool only after it.
-      client.query('ROLLBACK').then(() => client.release(), (err) => client.release(err));
+      client.query('ROLLBACK').then(() => client.release(), (err) => client.release(err)).finally(() => giveSlot(pool));
       return { row };
     }
     return { row, client };
@@ -190,19 +232,32 @@ class Step {
   async _transaction() {
     if (this._conn === null) {
       this._conn = (async () => {
-        const conn = await this._pool.connect();
+        await takeSlot(this._pool);
+        let conn;
+        try {
+          conn = await this._pool.connect();
+        } catch (err) {
+          giveSlot(this._pool);
+          throw err;
+        }
         this._unwatch = watch(conn, (err) => this._controller.abort(err));
         try {
           await conn.query('BEGIN');
         } catch (err) {
-          this._unwatch();
-          conn.release(err);
+          this._giveBack(conn, err);
           throw err;
         }
         return conn;
       })();
     }
     return this._conn;
+  }
+
+  // Give step.client's connection and its holder's slot back.
+  _giveBack(conn, broken) {
+    this._unwatch();
+    conn.release(broken);
+    giveSlot(this._pool);
   }
 
   _beat(leaseMs, onError) {
@@ -267,8 +322,7 @@ class Step {
       throw idemError(err);
     } finally {
       this._conn = null;
-      this._unwatch();
-      conn.release(broken);
+      this._giveBack(conn, broken);
     }
   }
 
@@ -281,8 +335,7 @@ class Step {
       this._conn = null;
       if (conn) {
         const failed = await conn.query('ROLLBACK').then(() => undefined, (e) => e);
-        this._unwatch();
-        conn.release(failed);
+        this._giveBack(conn, failed);
       }
     }
     if (!(idemError(err) instanceof StaleTokenError)) {
@@ -297,8 +350,9 @@ class Step {
 // take the key over while the transaction is open, so the heartbeat only
 // keeps the transaction from sitting idle for a whole lease.
 class TransactionStep {
-  constructor(conn, key, row, leaseMs, onHeartbeatError) {
+  constructor(pool, conn, key, row, leaseMs, onHeartbeatError) {
     this.key = key;
+    this._pool = pool;
     this.token = Number(row.token);
     this.recovery = row.recovery_point == null ? null : { point: row.recovery_point, data: row.recovery_data };
     this._conn = conn;
@@ -332,12 +386,13 @@ class TransactionStep {
     throw new Error("idem: step.checkpoint needs mode 'lease' (in mode 'transaction' nothing commits before complete, so a crash would roll the checkpoint back)");
   }
 
-  // Give the connection back, once.
+  // Give the connection and the holder's slot back, once.
   _end(broken) {
     this._done = true;
     clearInterval(this._timer);
     this._unwatch();
     this._conn.release(broken);
+    giveSlot(this._pool);
   }
 
   async _complete(outcomeText) {
@@ -378,7 +433,7 @@ export async function onceDetailed(pool, options = {}, fn) {
   const { row, client } = await claim(pool, key, JSON.stringify(request ?? null), lease, wait, inTransaction);
   if (row.state === 'replay') return { result: row.outcome, replayed: true };
   const step = inTransaction
-    ? new TransactionStep(client, key, row, lease, onHeartbeatError)
+    ? new TransactionStep(pool, client, key, row, lease, onHeartbeatError)
     : new Step(pool, key, row, lease, onHeartbeatError);
   let result;
   try {

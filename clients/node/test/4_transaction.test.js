@@ -106,6 +106,28 @@ test('[transaction] 180 concurrent calls over 30 keys on a pool of 20: no deadlo
   }
 });
 
+for (const mode of ['transaction', 'lease']) {
+  test(`[${mode}] fn that also queries the pool itself while holding step.client: 180 calls over 30 keys on a pool of 20 still finish`, { timeout: 60000 }, async () => {
+    // Without a connection left over, 20 holders would each hold one and wait for a second forever.
+    const small = makePool('main', 20);
+    try {
+      const keys = Array.from({ length: 30 }, (_, i) => freshKey(`nested-${mode}${i}`));
+      const results = await Promise.all(Array.from({ length: 180 }, (_, i) => once(small,
+        { key: keys[i % 30], lease: 5000, wait: 60000, mode }, async (step) => {
+          const { rows: [row] } = await insertOrder(step, i);
+          await sleep(20);
+          const { rows: [read] } = await small.query('SELECT $1::bigint AS id', [row.id]);   // beside step.client
+          return { key: step.key, order: Number(read.id) };
+        })));
+      for (let i = 0; i < 180; i++) assert.deepStrictEqual(results[i], results[i % 30]);
+      const { rows } = await pool.query('SELECT count(*)::int AS n FROM app.orders WHERE key = ANY($1)', [keys]);
+      assert.equal(rows[0].n, 30);
+    } finally {
+      await small.end();
+    }
+  });
+}
+
 test('[transaction] a replay or a refused claim leaves no transaction open on the pooled connection', async () => {
   const one = makePool('main', 1);
   try {
