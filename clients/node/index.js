@@ -395,6 +395,7 @@ class TransactionStep {
     giveSlot(this._pool);
   }
 
+  // Record the outcome and commit, in one round trip; on failure roll back.
   async _complete(outcomeText) {
     this._done = true;
     clearInterval(this._timer);
