@@ -245,12 +245,11 @@ test('[transaction] a holder idle for a whole lease (no heartbeat) loses its tra
     const key = freshKey('tx-stall');
     const old = post(`${stalled.url}/echo`, key, { stall: true });
     while (!stalledApp.gates.has(key)) await sleep(20);
-    // The stalled transaction blocks the key until the server ends it (one lease idle).
-    const started = Date.now();
+    // The stalled transaction blocks the key until the server ends it (one lease idle); the gate
+    // stays shut meanwhile, so only that lets this request run.
     const taken = await post(`${fresh.url}/echo`, key, { stall: true });
     assert.equal(taken.status, 200);
     assert.equal(taken.headers.get('idempotent-replayed'), null);
-    assert.ok(Date.now() - started < 5000);
     stalledApp.gates.get(key)();
     const refused = await old;
     assert.ok(refused.status >= 500, `the stalled holder answered ${refused.status}`);
