@@ -2,7 +2,8 @@
 // (first, replay), client count and variant, the medians over the rounds of
 // requests per second, p50 and p99 latency, the ratio of the median rps to
 // redis's and to none's; then the goals of issue 24 (idem against redis:
-// replays >= 1.0x, first requests >= 0.8x), each PASS or MISS.
+// replays >= 1.0x, first requests >= 0.8x), each PASS or MISS, with the
+// ratio of each round.
 //
 //   node report.js runs.csv
 import { readFileSync } from 'node:fs';
@@ -14,7 +15,7 @@ const median = (xs) => {
   const s = [...xs].sort((a, b) => a - b);
   return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
 };
-const variants = ['none', 'redis', 'idem'].filter((v) => rows.some((r) => r.variant === v));
+const variants = ['none', 'redis', 'idem', 'idem-lease'].filter((v) => rows.some((r) => r.variant === v));
 const modes = ['first', 'replay'].filter((m) => rows.some((r) => r.mode === m));
 const clientCounts = [...new Set(rows.map((r) => r.clients))].sort((a, b) => a - b);
 const rounds = new Set(rows.map((r) => r.round)).size;
@@ -33,6 +34,14 @@ for (const mode of modes) {
     }
   }
 }
+
+// idem's rps over redis's in each round, in round order: how much the ratio moves.
+const perRound = (mode, clients, variant) => [...new Set(rows.map((r) => r.round))].map((round) => {
+  const pick = (v) => rows.find((r) => r.round === round && r.mode === mode && r.clients === clients && r.variant === v);
+  const a = pick(variant);
+  const b = pick('redis');
+  return a && b ? (a.rps / b.rps).toFixed(2) : '-';
+}).join(' ');
 
 const out = [];
 out.push(`medians over ${rounds} round(s); rps = requests per second, latency in ms`);
@@ -53,7 +62,7 @@ for (const mode of modes) {
   }
 }
 out.push('');
-out.push('goals (issue 24), idem rps / redis rps:');
+out.push('goals (issue 24), idem rps / redis rps (idem: the middleware\'s default mode, \'transaction\'):');
 for (const [mode, goal] of [['replay', 1.0], ['first', 0.8]]) {
   for (const clients of clientCounts) {
     const i = med[`${mode}/${clients}/idem`];
@@ -63,7 +72,9 @@ for (const [mode, goal] of [['replay', 1.0], ['first', 0.8]]) {
       continue;
     }
     const ratio = i.rps / r.rps;
-    out.push(`  ${ratio >= goal ? 'PASS' : 'MISS'} ${mode} ${clients} client(s): ${ratio.toFixed(2)}x (goal >= ${goal.toFixed(1)}x)`);
+    const lease = med[`${mode}/${clients}/idem-lease`];
+    const also = lease ? ` (mode 'lease': ${(lease.rps / r.rps).toFixed(2)}x)` : '';
+    out.push(`  ${ratio >= goal ? 'PASS' : 'MISS'} ${mode} ${clients} client(s): ${ratio.toFixed(2)}x (goal >= ${goal.toFixed(1)}x)${also}; per round ${perRound(mode, clients, 'idem')}`);
   }
 }
 console.log(out.join('\n'));

@@ -4,12 +4,16 @@
 //   node server.js none     no idempotency
 //   node server.js redis    express-idempotency with its Redis adapter
 //                           (REDIS_URL)
-//   node server.js idem     @idem/node's idempotency() middleware
+//   node server.js idem     @idem/node's idempotency() middleware in its
+//                           default mode, 'transaction'
+//   node server.js idem-lease
+//                           the same in mode 'lease' (the claim commits
+//                           before the route runs, with a heartbeat)
 //
 // POST /orders writes one row into bench_http.orders and answers 201 with it.
-// In none and redis the row is written with a plain pool query; in idem it is
-// written in req.idem.client's transaction, which idem.complete joins, so the
-// recorded response commits with it.  GET /stats tells how many times the
+// In none and redis the row is written with a plain pool query; in idem and
+// idem-lease it is written in req.idem.client's transaction, which
+// idem.complete joins, so the recorded response commits with it.  GET /stats tells how many times the
 // route's own body ran (a replay must not run it).  The PG* variables name the
 // database; POOL_MAX (default 10) sizes the pool of every variant alike.
 // Prints "listening PORT" once it listens on 127.0.0.1.
@@ -57,12 +61,13 @@ if (variant === 'none') {
       throw err;
     }
   });
-} else if (variant === 'idem') {
+} else if (variant === 'idem' || variant === 'idem-lease') {
   const { idempotency } = await import('@idem/node/express');
-  app.post('/orders', idempotency(pool, { lease: 30000, wait: 5000 }),
+  const mode = variant === 'idem' ? 'transaction' : 'lease';
+  app.post('/orders', idempotency(pool, { lease: 30000, wait: 5000, mode }),
     (req, res) => placeOrder((...a) => req.idem.client.query(...a), req, res));
 } else {
-  console.error(`usage: node server.js none|redis|idem (not ${variant})`);
+  console.error(`usage: node server.js none|redis|idem|idem-lease (not ${variant})`);
   process.exit(2);
 }
 

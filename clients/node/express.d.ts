@@ -17,6 +17,12 @@ export interface IdempotencyOptions {
   /** A prefix of the key per client (for example the authenticated user), so clients never share keys. */
   scope?: (req: Request) => string | Promise<string>;
   onHeartbeatError?: (err: Error) => void;
+  /**
+   * 'transaction' (default): the claim, the route's writes through req.idem.client and the response in
+   * one transaction, one commit; for routes whose work is all in PostgreSQL.  'lease': the claim
+   * commits first and a heartbeat extends it; for routes that call other services (req.idem.checkpoint).
+   */
+  mode?: 'transaction' | 'lease';
 }
 
 export function idempotency(pool: Pool, options?: IdempotencyOptions): RequestHandler;

@@ -3,6 +3,11 @@
 // with a key runs the route and its response is recorded with idem.complete,
 // in the transaction of req.idem.client; a retry gets that response back
 // with "Idempotent-Replayed: true".
+//
+// By default (mode 'transaction') the claim, the route's writes through
+// req.idem.client and the response commit in one transaction on one pooled
+// connection: for routes whose work is all in PostgreSQL.  A route that
+// calls other services and needs checkpoints says mode: 'lease'.
 
 import { onceDetailed, IdemError } from './index.js';
 
@@ -66,7 +71,9 @@ export function idempotency(pool, options = {}) {
     recordServerErrors = false,
     scope,
     onHeartbeatError,
+    mode = 'transaction',
   } = options;
+  if (mode !== 'transaction' && mode !== 'lease') throw new TypeError(`idem: mode must be 'transaction' or 'lease', not ${mode}`);
   return async function idempotencyKey(req, res, next) {
     const header = req.get('Idempotency-Key');
     if (header === undefined) {
@@ -85,7 +92,7 @@ export function idempotency(pool, options = {}) {
     let outcome;
     let firstBody;
     try {
-      outcome = await onceDetailed(pool, { key, request, lease, wait, onHeartbeatError }, async (step) => {
+      outcome = await onceDetailed(pool, { key, request, lease, wait, onHeartbeatError, mode }, async (step) => {
         req.idem = step;
         const { done, restore } = capture(res);
         next();

@@ -14,6 +14,12 @@ export interface OnceOptions {
   wait?: number;
   /** Called with a heartbeat's error (a StaleTokenError also aborts step.signal). */
   onHeartbeatError?: (err: Error) => void;
+  /**
+   * 'lease' (default): the claim commits before fn runs; checkpoints; for work outside the database.
+   * 'transaction': the claim, fn's writes through step.client and the outcome in one transaction on
+   * one pooled connection, one commit; a crash before it leaves nothing; no checkpoints.
+   */
+  mode?: 'lease' | 'transaction';
 }
 
 export interface Step {
@@ -22,13 +28,13 @@ export interface Step {
   readonly token: number;
   /** The last checkpoint of a holder whose lease lapsed, or null. */
   recovery: { point: string; data: Json } | null;
-  /** Aborted when a heartbeat finds the key lost (IK412). */
+  /** Aborted when a heartbeat finds the key lost (IK412), or when step.client's connection is lost. */
   readonly signal: AbortSignal;
   /** Stop the heartbeat (work that must not outlive the lease, or a test of a stalled holder). */
   stopHeartbeat(): void;
-  /** Record a recovery point, committed at once; call it before step.client's first query. */
+  /** Record a recovery point, committed at once; call it before step.client's first query.  Mode 'lease' only (throws in 'transaction'). */
   checkpoint(name: string, data?: unknown): Promise<void>;
-  /** A connection in a transaction begun on its first query; complete joins it and commits it. */
+  /** A connection in a transaction ('lease': begun on its first query; 'transaction': the claim's); complete joins it and commits it. */
   readonly client: { query<R extends QueryResultRow = any>(text: string, values?: unknown[]): Promise<QueryResult<R>> };
 }
 

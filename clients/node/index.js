@@ -1,12 +1,20 @@
 // index.js: once(), idempotent work in application code on idem's lease API
 // (idem.claim / checkpoint / extend / complete / release), with a pg.Pool.
 //
-// A call claims the key in a short transaction of its own with
-// idem.wait_timeout = 0, so that a caller finding the key held never sits on
-// a pooled connection the holder may need to finish: it gives the connection
-// back and tries again after a pause, up to a bounded total wait.  The holder
-// uses one connection at a time: the claim's, then one for each checkpoint,
-// then step.client's transaction, in which complete records the outcome.
+// Two modes.  'lease' (the default of once()) is for work outside the
+// database: the claim commits on its own before fn runs, a heartbeat extends
+// it, checkpoints commit at once, and complete commits with step.client's
+// writes.  'transaction' is for work that is all in PostgreSQL: one pooled
+// connection, one transaction holding the claim, fn's writes and complete,
+// one commit; a crash before it rolls everything back, claim included.
+//
+// Either way a caller claims with idem.wait_timeout = 0, so that one finding
+// the key held never sits on a pooled connection the holder may need to
+// finish: it gives the connection back and tries again after a pause, up to
+// a bounded total wait.  A holder uses one connection at a time.
+//
+// The claim and the complete are sent as several statements in one
+// simple-protocol query (values as SQL literals), so each is one round trip.
 
 // SQLSTATEs of idem and the HTTP status each stands for.
 const HTTP_STATUS = { IK400: 400, IK409: 409, IK412: 409, IK422: 422, IK503: 503, IK508: 500 };
@@ -51,6 +59,31 @@ export function idemError(err) {
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 const interval = (ms) => `${Math.round(ms)} milliseconds`;
+const MODES = ['lease', 'transaction'];
+
+// A string as an SQL literal, read the same whatever
+// standard_conforming_strings says: backslashes only inside E'...'.
+function literal(text) {
+  const quoted = text.replaceAll("'", "''");
+  return text.includes('\\') ? `E'${quoted.replaceAll('\\', '\\\\')}'` : `'${quoted}'`;
+}
+
+// The key as an SQL literal; NULL stays NULL (idem answers IK400).  A NUL
+// character cannot travel inside a query text, and no key may hold one.
+function keyLiteral(key) {
+  if (key == null) return 'NULL';
+  const text = String(key);
+  if (text.includes('\u0000')) {
+    throw new InvalidKeyError({ code: 'IK400', message: 'idempotency key must not contain NUL characters' });
+  }
+  return literal(text);
+}
+
+const CLAIM_COLUMNS = 'state, token, outcome, recovery_point, recovery_data';
+
+// Is err a broken connection rather than an SQL error?  (Then the
+// connection goes back to the pool to be destroyed.)
+const brokenBy = (err) => (err?.code === undefined ? err ?? new Error('idem: connection lost') : undefined);
 
 // Run one statement on a pooled connection held only for it.
 async function autocommit(pool, text, values) {
@@ -59,49 +92,119 @@ async function autocommit(pool, text, values) {
   try {
     return await client.query(text, values);
   } catch (err) {
-    broken = err.code === undefined ? err : undefined;   // not SQL: the connection may be gone
+    broken = brokenBy(err);
     throw idemError(err);
   } finally {
     client.release(broken);
   }
 }
 
-// Claim the key in a transaction of its own that never waits for another
-// holder (wait_timeout 0), pausing outside the pool between attempts.
-async function claim(pool, key, request, leaseMs, waitMs) {
+// A holder keeps a pooled connection across fn (mode 'transaction': all of
+// it; mode 'lease': from step.client's first query).  So that fn may still
+// use the pool itself beside step.client (a query at a time), at most
+// max - 1 holders per pool have such a connection at once: one is always
+// left over, and every holder waiting for it gets it in turn.
+const holderSlots = new WeakMap();
+
+function slotsOf(pool) {
+  let slots = holderSlots.get(pool);
+  if (slots === undefined) {
+    slots = { free: Math.max(1, (pool.options?.max ?? 10) - 1), waiting: [] };
+    holderSlots.set(pool, slots);
+  }
+  return slots;
+}
+
+// Wait for a holder's slot of pool (holding no connection meanwhile).
+function takeSlot(pool) {
+  const slots = slotsOf(pool);
+  if (slots.free > 0) {
+    slots.free -= 1;
+    return undefined;
+  }
+  return new Promise((resolve) => slots.waiting.push(resolve));
+}
+
+// Give a holder's slot back, to the longest waiter if any.
+function giveSlot(pool) {
+  const slots = slotsOf(pool);
+  const next = slots.waiting.shift();
+  if (next) next();
+  else slots.free += 1;
+}
+
+// Claim the key with idem.wait_timeout = 0, pausing outside the pool between
+// attempts.  'lease': in the implicit transaction of one query, committed
+// when it returns.  'transaction': after BEGIN, on a connection that is
+// returned with the claim uncommitted (unless it replays), with the
+// transaction's idle_in_transaction_session_timeout set to the lease, so
+// that a holder that vanishes without closing its connection frees the key
+// after a lease, as a lapsed lease would.
+async function claim(pool, key, requestText, leaseMs, waitMs, inTransaction) {
+  const call = `SELECT ${CLAIM_COLUMNS} FROM idem.claim(${keyLiteral(key)}, ${literal(requestText)}::jsonb, '${interval(leaseMs)}'::interval)`;
+  const text = inTransaction
+    ? `BEGIN; SELECT set_config('idem.wait_timeout', '0', true), set_config('idle_in_transaction_session_timeout', '${Math.round(leaseMs)}', true); ${call}`
+    : `SELECT set_config('idem.wait_timeout', '0', true); ${call}`;
   const deadline = Date.now() + waitMs;
   let pause = 25;
   for (;;) {
-    const client = await pool.connect();
-    let broken;
+    if (inTransaction) await takeSlot(pool);
+    let client;
     try {
-      await client.query("BEGIN; SELECT set_config('idem.wait_timeout', '0', true)");
-      const { rows: [row] } = await client.query(
-        'SELECT state, token, outcome, recovery_point, recovery_data FROM idem.claim($1, $2::jsonb, $3::interval)',
-        [key, JSON.stringify(request ?? null), interval(leaseMs)]);
-      await client.query('COMMIT');
-      return row;
+      client = await pool.connect();
     } catch (err) {
-      broken = err.code === undefined ? err : undefined;
-      if (!broken) await client.query('ROLLBACK').catch(() => {});
+      if (inTransaction) giveSlot(pool);
+      throw err;
+    }
+    let row;
+    try {
+      const results = await client.query(text);
+      [row] = results[results.length - 1].rows;
+    } catch (err) {
+      const broken = brokenBy(err);
+      // An error ends the implicit transaction of 'lease' by itself.
+      if (!broken && inTransaction) await client.query('ROLLBACK').catch(() => {});
+      client.release(broken);
+      if (inTransaction) giveSlot(pool);
       if (err.code !== 'IK409' || Date.now() >= deadline) {
         if (err.code === 'IK409') {
-          throw new KeyInUseError(err, `idempotency key "${key}" is still in use after waiting ${waitMs} ms`,
-            1);
+          throw new KeyInUseError(err, `idempotency key "${key}" is still in use after waiting ${waitMs} ms`, 1);
         }
         throw idemError(err);
       }
-    } finally {
-      client.release(broken);
+      // The last pause ends at the deadline, so a caller waits the whole bound.
+      await sleep(Math.max(0, Math.min(pause * (0.5 + Math.random()), deadline - Date.now())));
+      pause = Math.min(pause * 2, 500);
+      continue;
     }
-    // The last pause ends at the deadline, so a caller waits the whole bound.
-    await sleep(Math.max(0, Math.min(pause * (0.5 + Math.random()), deadline - Date.now())));
-    pause = Math.min(pause * 2, 500);
+    if (!inTransaction) {
+      client.release();
+      return { row };
+    }
+    if (row.state === 'replay') {
+      // Nothing was written: the caller need not wait for the transaction's
+      // end, but the connection goes back to the pool only after it.
+      client.query('ROLLBACK').then(() => client.release(), (err) => client.release(err)).finally(() => giveSlot(pool));
+      return { row };
+    }
+    return { row, client };
   }
 }
 
-// The holder's side: step.client's lazy transaction, checkpoints, and the
-// heartbeat that extends the lease every third of it.
+// The SQL that records outcomeText for the claim and commits, one round trip.
+const completeAndCommit = (key, token, outcomeText) =>
+  `SELECT idem.complete(${keyLiteral(key)}, ${token}, ${literal(outcomeText)}::jsonb); COMMIT`;
+
+// Watch a checked-out connection: the server may end it between queries
+// (idle_in_transaction_session_timeout, pg_terminate_backend), and pg then
+// emits 'error' on it, which must not go unheard.
+function watch(conn, onLost) {
+  conn.on('error', onLost);
+  return () => conn.removeListener('error', onLost);
+}
+
+// The holder's side in mode 'lease': step.client's lazy transaction,
+// checkpoints, and the heartbeat that extends the lease every third of it.
 class Step {
   constructor(pool, key, row, leaseMs, onHeartbeatError) {
     this.key = key;
@@ -110,6 +213,7 @@ class Step {
     this._pool = pool;
     this._tokenText = String(row.token);
     this._conn = null;
+    this._unwatch = null;
     this._controller = new AbortController();
     this.signal = this._controller.signal;
     this._beating = null;
@@ -128,17 +232,32 @@ class Step {
   async _transaction() {
     if (this._conn === null) {
       this._conn = (async () => {
-        const conn = await this._pool.connect();
+        await takeSlot(this._pool);
+        let conn;
+        try {
+          conn = await this._pool.connect();
+        } catch (err) {
+          giveSlot(this._pool);
+          throw err;
+        }
+        this._unwatch = watch(conn, (err) => this._controller.abort(err));
         try {
           await conn.query('BEGIN');
         } catch (err) {
-          conn.release(err);
+          this._giveBack(conn, err);
           throw err;
         }
         return conn;
       })();
     }
     return this._conn;
+  }
+
+  // Give step.client's connection and its holder's slot back.
+  _giveBack(conn, broken) {
+    this._unwatch();
+    conn.release(broken);
+    giveSlot(this._pool);
   }
 
   _beat(leaseMs, onError) {
@@ -152,7 +271,7 @@ class Step {
       try {
         await query;
       } catch (err) {
-        broken = err.code === undefined ? err : undefined;
+        broken = brokenBy(err);
         const typed = idemError(err);
         if (typed instanceof StaleTokenError) this._controller.abort(typed);
         onError?.(typed);
@@ -187,25 +306,23 @@ class Step {
   }
 
   // Record the outcome: in step.client's transaction if it was used, else on its own.
-  async _complete(outcome) {
+  async _complete(outcomeText) {
     await this._stop();
-    const values = [this.key, this._tokenText, JSON.stringify(outcome)];
     if (this._conn === null) {
-      await autocommit(this._pool, 'SELECT idem.complete($1, $2, $3::jsonb)', values);
+      await autocommit(this._pool, 'SELECT idem.complete($1, $2, $3::jsonb)', [this.key, this._tokenText, outcomeText]);
       return;
     }
     const conn = await this._conn;
     let broken;
     try {
-      await conn.query('SELECT idem.complete($1, $2, $3::jsonb)', values);
-      await conn.query('COMMIT');
+      await conn.query(completeAndCommit(this.key, this._tokenText, outcomeText));
     } catch (err) {
-      broken = err.code === undefined ? err : undefined;
+      broken = brokenBy(err);
       if (!broken) await conn.query('ROLLBACK').catch(() => {});
       throw idemError(err);
     } finally {
       this._conn = null;
-      conn.release(broken);
+      this._giveBack(conn, broken);
     }
   }
 
@@ -218,7 +335,7 @@ class Step {
       this._conn = null;
       if (conn) {
         const failed = await conn.query('ROLLBACK').then(() => undefined, (e) => e);
-        conn.release(failed);
+        this._giveBack(conn, failed);
       }
     }
     if (!(idemError(err) instanceof StaleTokenError)) {
@@ -227,20 +344,104 @@ class Step {
   }
 }
 
+// The holder's side in mode 'transaction': the claim's connection, in the
+// transaction that holds the uncommitted claim, is step.client from the
+// start.  Other callers meet the uncommitted claim and back off; none can
+// take the key over while the transaction is open, so the heartbeat only
+// keeps the transaction from sitting idle for a whole lease.
+class TransactionStep {
+  constructor(pool, conn, key, row, leaseMs, onHeartbeatError) {
+    this.key = key;
+    this._pool = pool;
+    this.token = Number(row.token);
+    this.recovery = row.recovery_point == null ? null : { point: row.recovery_point, data: row.recovery_data };
+    this._conn = conn;
+    this._tokenText = String(row.token);
+    this._controller = new AbortController();
+    this.signal = this._controller.signal;
+    this._unwatch = watch(conn, (err) => this._controller.abort(err));
+    this._beating = null;
+    this._done = false;
+    this._timer = setInterval(() => this._beat(onHeartbeatError), leaseMs / 3);
+    this._timer.unref?.();
+    /** The connection in the claim's transaction; complete joins it and commits it. */
+    this.client = { query: (...args) => conn.query(...args) };
+  }
+
+  // A query on the idle transaction: what resets the server's idle timer.
+  _beat(onError) {
+    if (this._beating || this._done) return;
+    this._beating = this._conn.query('SELECT 1')
+      .then(() => {}, (err) => onError?.(idemError(err)))
+      .finally(() => { this._beating = null; });
+  }
+
+  /** Stop the heartbeat: the server then ends the transaction (rolling everything back) once it sits idle for a lease. */
+  stopHeartbeat() {
+    clearInterval(this._timer);
+  }
+
+  /** Not in mode 'transaction': the claim commits only with the outcome, so a checkpoint would be rolled back with it. */
+  async checkpoint() {
+    throw new Error("idem: step.checkpoint needs mode 'lease' (in mode 'transaction' nothing commits before complete, so a crash would roll the checkpoint back)");
+  }
+
+  // Give the connection and the holder's slot back, once.
+  _end(broken) {
+    this._done = true;
+    clearInterval(this._timer);
+    this._unwatch();
+    this._conn.release(broken);
+    giveSlot(this._pool);
+  }
+
+  // Record the outcome and commit, in one round trip; on failure roll back.
+  async _complete(outcomeText) {
+    this._done = true;
+    clearInterval(this._timer);
+    let broken;
+    try {
+      await this._conn.query(completeAndCommit(this.key, this._tokenText, outcomeText));
+    } catch (err) {
+      broken = brokenBy(err);
+      if (!broken) broken = await this._conn.query('ROLLBACK').then(() => undefined, (e) => e);
+      this._end(broken);
+      this._conn = null;
+      throw idemError(err);
+    }
+    this._end(undefined);
+    this._conn = null;
+  }
+
+  // Roll back fn's writes and the claim with them: the key is free again.
+  async _abandon() {
+    if (this._conn === null) return;
+    const failed = await this._conn.query('ROLLBACK').then(() => undefined, (e) => e);
+    this._end(failed);
+    this._conn = null;
+  }
+}
+
 /**
  * Run fn once for key: replay the recorded result, or claim the key and run
  * fn(step), recording its result with complete.  Returns { result, replayed }.
  */
-export async function onceDetailed(pool, { key, request = null, lease = 30000, wait = 10000, onHeartbeatError } = {}, fn) {
+export async function onceDetailed(pool, options = {}, fn) {
+  const { key, request = null, lease = 30000, wait = 10000, onHeartbeatError, mode = 'lease' } = options;
   if (typeof fn !== 'function') throw new TypeError('idem: once(pool, options, fn) needs fn');
-  const row = await claim(pool, key, request, lease, wait);
+  if (!MODES.includes(mode)) throw new TypeError(`idem: mode must be 'lease' or 'transaction', not ${mode}`);
+  const inTransaction = mode === 'transaction';
+  const { row, client } = await claim(pool, key, JSON.stringify(request ?? null), lease, wait, inTransaction);
   if (row.state === 'replay') return { result: row.outcome, replayed: true };
-  const step = new Step(pool, key, row, lease, onHeartbeatError);
+  const step = inTransaction
+    ? new TransactionStep(pool, client, key, row, lease, onHeartbeatError)
+    : new Step(pool, key, row, lease, onHeartbeatError);
   let result;
   try {
     // What the first caller gets is what a retry gets from jsonb.
-    result = JSON.parse(JSON.stringify((await fn(step)) ?? null));
-    await step._complete(result);
+    const text = JSON.stringify((await fn(step)) ?? null) ?? 'null';
+    result = JSON.parse(text);
+    await step._complete(text);
   } catch (err) {
     await step._abandon(err);
     throw idemError(err);

@@ -1,46 +1,39 @@
 // The Express middleware over real HTTP on 127.0.0.1.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { makePool, freshKey, listen, post, sleep } from './helpers.js';
+import { makePool, freshKey, listen, post, sleep, start } from './helpers.js';
 import { makeApp } from './app.js';
 
 const providerJs = fileURLToPath(new URL('../../../examples/http/provider.js', import.meta.url));
 const appJs = fileURLToPath(new URL('./app.js', import.meta.url));
-
-// Start a node program; resolves when a line of its output matches ready.
-export function start(args, env, ready) {
-  const child = spawn(process.execPath, args, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'inherit'] });
-  let out = '';
-  const waitFor = (re) => new Promise((resolve, reject) => {
-    const check = () => { const m = re.exec(out); if (m) { resolve(m); return true; } return false; };
-    if (check()) return;
-    child.stdout.on('data', () => check());
-    child.on('exit', (code) => reject(new Error(`${args[0]} exited with ${code}: ${out}`)));
-  });
-  child.stdout.on('data', (chunk) => { out += chunk; });
-  return { child, waitFor, ready: waitFor(ready) };
-}
 
 let pool;
 let provider;
 let providerUrl;
 let server;
 let runs;
+let leaseServer;
+let leaseRuns;
 before(async () => {
   pool = makePool('main', 10);
   provider = start([providerJs, '--port', '0'], {}, /listening on (http:\S+)/);
   providerUrl = (await provider.ready)[1];
-  const made = await makeApp(pool, { providerUrl });
+  const made = await makeApp(pool, { providerUrl });   // the middleware's default mode, 'transaction'
   runs = made.runs;
   server = await listen(made.app);
+  const madeLease = await makeApp(pool, { providerUrl, mode: 'lease' });
+  leaseRuns = madeLease.runs;
+  leaseServer = await listen(madeLease.app);
 });
 after(async () => {
   await server.close();
+  await leaseServer.close();
   provider.child.kill();
   await pool.end();
 });
+const modes = ['transaction', 'lease'];
+const serverOf = (mode) => (mode === 'lease' ? { url: leaseServer.url, runs: leaseRuns } : { url: server.url, runs });
 
 const providerStats = async () => (await fetch(`${providerUrl}/stats`)).json();
 
@@ -61,16 +54,19 @@ test('first call and replay', async () => {
   assert.equal(rows[0].n, 1);
 });
 
-test('concurrent retries of one key: one execution, every caller the same body', async () => {
-  const key = freshKey('http-concurrent');
-  const answers = await Promise.all(Array.from({ length: 12 }, () => post(`${server.url}/echo`, key, { sleep: 400 })));
-  assert.equal(runs.get(`"${key}"`), 1);
-  for (const a of answers) {
-    assert.equal(a.status, 200);
-    assert.equal(a.text, answers[0].text);
-  }
-  assert.equal(answers.filter((a) => a.headers.get('idempotent-replayed') === 'true').length, 11);
-});
+for (const mode of modes) {
+  test(`[${mode}] concurrent retries of one key: one execution, every caller the same body`, async () => {
+    const { url, runs: counted } = serverOf(mode);
+    const key = freshKey(`http-concurrent-${mode}`);
+    const answers = await Promise.all(Array.from({ length: 12 }, () => post(`${url}/echo`, key, { sleep: 400 })));
+    assert.equal(counted.get(`"${key}"`), 1);
+    for (const a of answers) {
+      assert.equal(a.status, 200);
+      assert.equal(a.text, answers[0].text);
+    }
+    assert.equal(answers.filter((a) => a.headers.get('idempotent-replayed') === 'true').length, 11);
+  });
+}
 
 test('the same key with another body: 422', async () => {
   const key = freshKey('http-other');
@@ -92,11 +88,11 @@ test('no key: 400, unless the route makes it optional; a malformed key: 400', as
   assert.deepStrictEqual(JSON.parse(optional.text), { keyed: false });
 });
 
-test('a route that throws: 500, the key is released and the retry runs', async () => {
+for (const mode of modes) test(`[${mode}] a route that throws: 500, the key is released and the retry runs`, async () => {
   // A 60 s lease and a 2 s wait: only a released key lets the retry run.
-  const made = await makeApp(pool, { providerUrl, lease: 60000, wait: 2000 });
+  const made = await makeApp(pool, { providerUrl, lease: 60000, wait: 2000, mode });
   const long = await listen(made.app);
-  const key = freshKey('http-throw');
+  const key = freshKey(`http-throw-${mode}`);
   try {
     const failed = await post(`${long.url}/echo`, key, { fail: true });
     assert.equal(failed.status, 500);
@@ -109,12 +105,13 @@ test('a route that throws: 500, the key is released and the retry runs', async (
   const { rows } = await pool.query("SELECT status FROM idem.my_records WHERE key = $1", [key]);
   assert.notEqual(rows[0]?.status, 'completed');
   // A 4xx is recorded and replayed.
-  const key4 = freshKey('http-4xx');
-  assert.equal((await post(`${server.url}/echo`, key4, { status: 409 })).status, 409);
-  const replay = await post(`${server.url}/echo`, key4, { status: 409 });
+  const { url, runs: counted } = serverOf(mode);
+  const key4 = freshKey(`http-4xx-${mode}`);
+  assert.equal((await post(`${url}/echo`, key4, { status: 409 })).status, 409);
+  const replay = await post(`${url}/echo`, key4, { status: 409 });
   assert.equal(replay.status, 409);
   assert.equal(replay.headers.get('idempotent-replayed'), 'true');
-  assert.equal(runs.get(`"${key4}"`), 1);
+  assert.equal(counted.get(`"${key4}"`), 1);
 });
 
 test('SIGKILL after the external call and its checkpoint, before complete: the retry resumes from the checkpoint, one charge', async () => {
@@ -144,11 +141,11 @@ test('SIGKILL after the external call and its checkpoint, before complete: the r
   }
 });
 
-test('a slow route is kept alive by the heartbeat past two leases; a retry meanwhile waits and replays', async () => {
-  const made = await makeApp(pool, { providerUrl, lease: 1000, wait: 10000 });
+for (const mode of modes) test(`[${mode}] a slow route is kept alive by the heartbeat past two leases; a retry meanwhile waits and replays`, async () => {
+  const made = await makeApp(pool, { providerUrl, lease: 1000, wait: 10000, mode });
   const slow = await listen(made.app);
   try {
-    const key = freshKey('http-slow');
+    const key = freshKey(`http-slow-${mode}`);
     const first = post(`${slow.url}/echo`, key, { sleep: 2600 });
     await sleep(1500);
     const retry = await post(`${slow.url}/echo`, key, { sleep: 2600 });
@@ -163,10 +160,10 @@ test('a slow route is kept alive by the heartbeat past two leases; a retry meanw
   }
 });
 
-test('a stalled holder whose lease lapsed is refused (IK412, 409) and the new holder\'s response stands', async () => {
+test('[lease] a stalled holder whose lease lapsed is refused (IK412, 409) and the new holder\'s response stands', async () => {
   const one = makePool('main', 1);
-  const stalledApp = await makeApp(one, { providerUrl, lease: 1000, wait: 5000, holdable: true });
-  const freshApp = await makeApp(pool, { providerUrl, lease: 1000, wait: 10000 });
+  const stalledApp = await makeApp(one, { providerUrl, lease: 1000, wait: 5000, holdable: true, mode: 'lease' });
+  const freshApp = await makeApp(pool, { providerUrl, lease: 1000, wait: 10000, mode: 'lease' });
   const stalled = await listen(stalledApp.app);
   const fresh = await listen(freshApp.app);
   try {

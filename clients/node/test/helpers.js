@@ -1,5 +1,6 @@
 // helpers.js: connections to the clusters test.sh started, and small HTTP helpers.
 import pg from 'pg';
+import { spawn } from 'node:child_process';
 
 const env = process.env;
 export const targets = {
@@ -40,4 +41,18 @@ export async function post(url, key, body, headers = {}) {
     body: typeof body === 'string' ? body : JSON.stringify(body),
   });
   return { status: res.status, headers: res.headers, text: await res.text() };
+}
+
+// Start a node program; resolves when a line of its output matches ready.
+export function start(args, env, ready) {
+  const child = spawn(process.execPath, args, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'inherit'] });
+  let out = '';
+  const waitFor = (re) => new Promise((resolve, reject) => {
+    const check = () => { const m = re.exec(out); if (m) { resolve(m); return true; } return false; };
+    if (check()) return;
+    child.stdout.on('data', () => check());
+    child.on('exit', (code) => reject(new Error(`${args[0]} exited with ${code}: ${out}`)));
+  });
+  child.stdout.on('data', (chunk) => { out += chunk; });
+  return { child, waitFor, ready: waitFor(ready) };
 }

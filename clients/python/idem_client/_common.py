@@ -10,6 +10,10 @@ CLAIM_SQL = ("SELECT state, token, outcome, recovery_point, recovery_data"
 # The claim fails at once with IK409 when the key is held, so that a waiting caller backs off
 # without sitting on a connection that the holder may need to finish.
 NO_WAIT_SQL = "SELECT set_config('idem.wait_timeout', '0', true)"
+# Mode 'transaction': the same, and the transaction that holds the uncommitted claim is ended by the
+# server once it sits idle for a whole lease (milliseconds), as a lapsed lease would free the key.
+HELD_SETTINGS_SQL = ("SELECT set_config('idem.wait_timeout', '0', true),"
+                     " set_config('idle_in_transaction_session_timeout', %s, true)")
 CHECKPOINT_SQL = "SELECT idem.checkpoint(%s, %s, %s, %s)"
 EXTEND_SQL = "SELECT idem.extend(%s, %s, make_interval(secs => %s))"
 RELEASE_SQL = "SELECT idem.release(%s, %s)"

@@ -83,6 +83,49 @@ async def aclaim(source, key, request, lease, wait):
             await asyncio.sleep(pause)
 
 
+async def aclaim_held(source, key, request, lease, wait):
+    """Mode 'transaction': claim the key in a transaction that stays open on a connection of its own.
+
+    Returns (row, held): `held` is (connection context, connection, transaction) when the claim runs,
+    None when it replays (that transaction is ended first).  A key in flight is retried as by `aclaim`,
+    holding no connection between attempts."""
+    if source.shared:
+        raise TypeError("mode 'transaction' needs a pool or a connection factory: it keeps a connection"
+                        " for the whole of the work")
+    deadline = time.monotonic() + wait
+    delays = c.backoff_delays()
+    req = None if request is None else Jsonb(request)
+    while True:
+        cm = source.acquire()
+        conn = await cm.__aenter__()
+        tx = conn.transaction()
+        try:
+            await tx.__aenter__()
+            await conn.execute(c.HELD_SETTINGS_SQL, (str(max(1, round(lease * 1000))),))
+            row = await (await conn.execute(c.CLAIM_SQL, (key, req, lease))).fetchone()
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                await tx.__aexit__(type(exc), exc, None)
+            with contextlib.suppress(Exception):
+                await cm.__aexit__(None, None, None)
+            typed = translate(exc, key) if isinstance(exc, psycopg.Error) else None
+            if not isinstance(typed, KeyInFlight):
+                if typed is not None:
+                    raise typed from exc
+                raise
+            pause = next(delays)
+            if time.monotonic() + pause > deadline:
+                typed.retry_after = 1
+                raise typed from exc
+            await asyncio.sleep(pause)
+            continue
+        if row[0] == "replay":
+            await tx.__aexit__(None, None, None)
+            await cm.__aexit__(None, None, None)
+            return row, None
+        return row, (cm, conn, tx)
+
+
 class AsyncStep:
     """What the work gets: the claim, its recovery, checkpoints, and the transaction complete joins."""
 
@@ -197,3 +240,44 @@ async def aonce(source, key, request=None, *, lease=30.0, wait=10.0, heartbeat=T
     await step._finish(None)
     if not step.completed:
         raise RuntimeError(f"the block of idempotency key {key!r} ended without step.complete(); key released")
+
+
+class HeldAsyncStep(AsyncStep):
+    """Mode 'transaction': the claim, the work's writes on `connection()` and the outcome in one
+    transaction, committed by `complete`; any other end rolls all of it back, the claim included."""
+
+    def __init__(self, source, key, row, lease, held):
+        super().__init__(source, key, row, lease)
+        self._conn_cm, self._conn, self._tx = held
+
+    async def checkpoint(self, name, data=None):
+        """Not in mode 'transaction': nothing commits before `complete`, so a crash would roll it back."""
+        raise RuntimeError("idem: checkpoint needs mode 'lease' (in mode 'transaction' nothing commits"
+                           " before complete, so a crash would roll the checkpoint back)")
+
+    def _start_heartbeat(self):
+        async def beat():
+            while True:
+                await asyncio.sleep(self.lease / 3)
+                try:
+                    await self._conn.execute("SELECT 1")  # resets the server's idle timer
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # the connection is gone: complete will fail too
+                    self.lost = exc
+                    return
+
+        self._heartbeat = asyncio.ensure_future(beat())
+
+    async def _finish(self, exc):
+        """Roll back whatever is still open (the claim goes with it) and give the connection back."""
+        await self._stop_heartbeat()
+        if self._tx is not None:
+            tx, self._tx = self._tx, None
+            error = exc if exc is not None else RuntimeError("idem: the work ended without complete")
+            with contextlib.suppress(Exception):
+                await tx.__aexit__(type(error), error, None)
+        if self._conn_cm is not None:
+            cm, self._conn_cm, self._conn = self._conn_cm, None, None
+            with contextlib.suppress(Exception):
+                await cm.__aexit__(None, None, None)

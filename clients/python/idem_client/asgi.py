@@ -5,6 +5,11 @@ idem compares as jsonb).  The first one runs the application, whose handler find
 `request.state.idem` (an AsyncStep: recovery, checkpoint, and `connection()` whose transaction the stored
 response commits with).  2xx and 4xx responses are recorded and replayed with `Idempotent-Replayed: true`;
 5xx responses and exceptions roll that transaction back and release the key, so that a retry runs again.
+
+`mode="transaction"` (per middleware or per route) is for handlers whose work is all in PostgreSQL: the
+claim, the handler's writes on `connection()` and the response commit in one transaction on one pooled
+connection, and any other end rolls the claim back with the writes.  The default, "lease", commits the
+claim first, for handlers that call other services and checkpoint.
 """
 
 import base64
@@ -12,7 +17,7 @@ import hashlib
 import json
 import re
 
-from .aio import AsyncStep, _AsyncSource, aclaim
+from .aio import AsyncStep, HeldAsyncStep, _AsyncSource, aclaim, aclaim_held
 from .errors import IdemError
 
 _SF_STRING = re.compile(r'^"((?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])*)"$')
@@ -40,7 +45,11 @@ def fingerprint(method, path, body):
 class RouteOptions:
     """How one route uses idempotency keys."""
 
-    def __init__(self, enabled=True, required=True, release_on_5xx=True, lease=None, wait=None, heartbeat=True):
+    def __init__(self, enabled=True, required=True, release_on_5xx=True, lease=None, wait=None, heartbeat=True,
+                 mode=None):
+        if mode not in (None, "lease", "transaction"):
+            raise ValueError(f"mode must be 'lease' or 'transaction', not {mode!r}")
+        self.mode = mode
         self.enabled = enabled
         self.heartbeat = heartbeat
         self.required = required
@@ -56,7 +65,10 @@ class IdempotencyMiddleware:
 
     def __init__(self, app, source, *, lease=30.0, wait=5.0, methods=DEFAULT_METHODS,
                  replay_headers=DEFAULT_REPLAY_HEADERS, required=True, routes=None, key_prefix=None,
-                 header="idempotency-key"):
+                 header="idempotency-key", mode="lease"):
+        if mode not in ("lease", "transaction"):
+            raise ValueError(f"mode must be 'lease' or 'transaction', not {mode!r}")
+        self.mode = mode
         self.app = app
         self.source = _AsyncSource(source)
         self.lease = lease
@@ -89,11 +101,15 @@ class IdempotencyMiddleware:
         body = await _read_body(receive)
         request = fingerprint(scope["method"], scope["path"], body)
         lease = opts.lease or self.lease
+        held = None
         try:
-            row = await aclaim(self.source, key, request, lease, opts.wait or self.wait)
+            if (opts.mode or self.mode) == "transaction":
+                row, held = await aclaim_held(self.source, key, request, lease, opts.wait or self.wait)
+            else:
+                row = await aclaim(self.source, key, request, lease, opts.wait or self.wait)
         except IdemError as exc:
             return await _error(send, exc)
-        step = AsyncStep(self.source, key, row, lease)
+        step = HeldAsyncStep(self.source, key, row, lease, held) if held else AsyncStep(self.source, key, row, lease)
         if step.replayed:
             return await self._replay(send, step.outcome)
         await self._run(scope, send, step, body, opts)

@@ -31,6 +31,11 @@ def routes(scope):
         return RouteOptions(lease=0.5, heartbeat=False)
     if scope["path"] == "/slow":
         return RouteOptions(lease=1.5, wait=10.0)
+    if scope["path"] == "/tx":
+        # A 60 s lease: a retry that runs at once shows the claim was rolled back, not left to lapse.
+        return RouteOptions(mode="transaction", lease=60.0, wait=10.0)
+    if scope["path"] == "/tx-short":
+        return RouteOptions(mode="transaction", lease=1.0, wait=10.0)
     return None
 
 
@@ -99,3 +104,25 @@ async def stale(request: Request):
 @app.post("/optional")
 async def optional(request: Request):
     return JSONResponse({"ok": True})
+
+
+@app.post("/tx-short")
+@app.post("/tx")
+async def tx(request: Request):
+    """Mode 'transaction': an order written on the step's connection, in the claim's transaction."""
+    body = await request.json()
+    step = request.state.idem
+    conn = await step.connection()
+    cur = await conn.execute("INSERT INTO orders (key, charge, amount) VALUES (%s, 'none', %s) RETURNING id",
+                             (step.key, body.get("amount")))
+    order = (await cur.fetchone())[0]
+    if request.headers.get("x-test-stall"):
+        await step._stop_heartbeat()  # the transaction sits idle from here on
+    await asyncio.sleep(float(request.headers.get("x-test-delay", "0")))
+    if request.headers.get("x-test-checkpoint"):
+        await step.checkpoint("after-write", {"order": order})
+    if request.headers.get("x-test-fail"):
+        raise RuntimeError("the handler failed after its write")
+    if request.headers.get("x-test-status"):
+        return JSONResponse({"error": "upstream"}, status_code=int(request.headers["x-test-status"]))
+    return JSONResponse({"order": order, "amount": body.get("amount")}, status_code=201)
