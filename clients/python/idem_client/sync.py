@@ -153,8 +153,10 @@ class Step:
         self._stop_heartbeat()
         if self._tx is not None:
             tx, self._tx = self._tx, None
+            # psycopg commits a transaction block left without an exception: name one, so it rolls back
+            error = exc if exc is not None else RuntimeError("idem: the work ended without complete")
             with contextlib.suppress(Exception):
-                tx.__exit__(type(exc), exc, None)
+                tx.__exit__(type(error), error, None)
         if self._conn_cm is not None:
             cm, self._conn_cm, self._conn = self._conn_cm, None, None
             with contextlib.suppress(Exception):

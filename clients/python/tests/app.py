@@ -82,6 +82,8 @@ async def handle(request: Request):
     cur = await conn.execute("INSERT INTO orders (key, charge, amount) VALUES (%s, %s, %s) RETURNING id",
                              (step.key, charge_id, body.get("amount")))
     order = (await cur.fetchone())[0]
+    if request.headers.get("x-test-status-after-write"):
+        return JSONResponse({"error": "upstream"}, status_code=int(request.headers["x-test-status-after-write"]))
     return JSONResponse({"order": order, "charge": charge_id, "amount": body.get("amount")}, status_code=201,
                         headers={"location": f"/orders/{order}"})
 

@@ -73,6 +73,9 @@ def test_handler_that_raises_releases_the_key(server, provider, dsn, key):
     r5 = post(server, key, {"amount": 3}, headers={"X-Test-Status": "502"})
     assert r5.status_code == 502 and "idempotent-replayed" not in r5.headers
     assert record(dsn, key)[0] == "lapsed", "a 5xx response releases too"
+    r6 = post(server, key, {"amount": 3}, headers={"X-Test-Status-After-Write": "503"})
+    assert r6.status_code == 503 and record(dsn, key)[0] == "lapsed"
+    assert orders(dsn, key) == 0, "the writes of a route that answered 5xx roll back with the released key"
     ok = post(server, key, {"amount": 3})
     assert ok.status_code == 201 and "idempotent-replayed" not in ok.headers, "the retry runs"
     assert ok.json()["charge"] == f"ch_{before + 1}", "and resumes from the checkpoint"

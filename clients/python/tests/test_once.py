@@ -50,6 +50,28 @@ def test_sync_writes_commit_with_the_outcome(pool, key, dsn):
         assert c.execute("SELECT count(*) FROM lib_orders WHERE key = %s", (key,)).fetchone()[0] == 1
 
 
+def test_leaving_without_complete_rolls_the_writes_back(pool, key, dsn, caplog):
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute("CREATE TABLE IF NOT EXISTS lib_orders (key text)")
+    with pytest.raises(RuntimeError, match="without step.complete"):
+        with once(pool, key) as step:
+            step.conn.execute("INSERT INTO lib_orders VALUES (%s)", (key,))
+
+    async def left_early():
+        async with AsyncConnectionPool(dsn, min_size=1, max_size=2, open=False) as apool:
+            with pytest.raises(RuntimeError, match="without step.complete"):
+                async with aonce(apool, key + "-a") as astep:
+                    conn = await astep.connection()
+                    await conn.execute("INSERT INTO lib_orders VALUES (%s)", (key + "-a",))
+    asyncio.run(left_early())
+    with psycopg.connect(dsn) as c:
+        n = c.execute("SELECT count(*) FROM lib_orders WHERE key IN (%s, %s)", (key, key + "-a")).fetchone()[0]
+    assert n == 0, "the key was released, so the block's writes must not commit"
+    returned_open = [r.getMessage() for r in caplog.records if "returned connection" in r.getMessage()]
+    assert not returned_open, "the block's transaction was rolled back before its connection went back to the pool"
+    assert record(pool.conninfo, key)[0] == "lapsed"
+
+
 def test_sync_recovery_and_mismatch(pool, key):
     with pytest.raises(RuntimeError):
         with once(pool, key, {"a": 1}) as step:
