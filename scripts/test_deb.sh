@@ -17,6 +17,8 @@
 # touched.  Ends with "deb: N passed, N failed"; exits 77 (skipped) when
 # not run as root or when the tree is not a git checkout (nothing to archive).
 set -euo pipefail
+# a step that stops the script under set -e says which one, so that no failure is silent
+trap 'echo "test_deb.sh: line $LINENO: \"$BASH_COMMAND\" failed (status $?)" >&2' ERR
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 major=15
