@@ -43,6 +43,10 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
+# The servers and clients run as the postgres user, who may not be allowed into
+# the caller's working directory (a checkout below a private folder): PostgreSQL's
+# programs then warn on stderr, which would land in the outputs compared here.
+cd /
 # shellcheck source=cluster.sh
 source "$root/scripts/cluster.sh"
 
