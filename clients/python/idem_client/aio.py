@@ -206,6 +206,13 @@ class AsyncStep:
 
     async def _finish(self, exc):
         """Roll back the open transaction and give the key back unless it was completed."""
+        await self._end_transaction(exc)
+        if not self.completed:
+            with contextlib.suppress(Exception):
+                await self._source.run(self.key, c.RELEASE_SQL, (self.key, self.token))
+
+    async def _end_transaction(self, exc):
+        """Stop the heartbeat, roll back whatever is still open and give the connection back."""
         await self._stop_heartbeat()
         if self._tx is not None:
             tx, self._tx = self._tx, None
@@ -217,9 +224,6 @@ class AsyncStep:
             cm, self._conn_cm, self._conn = self._conn_cm, None, None
             with contextlib.suppress(Exception):
                 await cm.__aexit__(None, None, None)
-        if not self.completed:
-            with contextlib.suppress(Exception):
-                await self._source.run(self.key, c.RELEASE_SQL, (self.key, self.token))
 
 
 @contextlib.asynccontextmanager
@@ -272,14 +276,5 @@ class HeldAsyncStep(AsyncStep):
         self._heartbeat = asyncio.ensure_future(beat())
 
     async def _finish(self, exc):
-        """Roll back whatever is still open (the claim goes with it) and give the connection back."""
-        await self._stop_heartbeat()
-        if self._tx is not None:
-            tx, self._tx = self._tx, None
-            error = exc if exc is not None else RuntimeError("idem: the work ended without complete")
-            with contextlib.suppress(Exception):
-                await tx.__aexit__(type(error), error, None)
-        if self._conn_cm is not None:
-            cm, self._conn_cm, self._conn = self._conn_cm, None, None
-            with contextlib.suppress(Exception):
-                await cm.__aexit__(None, None, None)
+        """Roll back whatever is still open: the claim goes with it, so there is nothing to release."""
+        await self._end_transaction(exc)
