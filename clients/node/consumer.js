@@ -15,7 +15,7 @@
 // so a failed record is read again, and its retry replays every record that
 // succeeded.
 
-import { idemError, IdemError, RequestMismatchError, KeyInUseError } from './index.js';
+import { autocommit, idemError, IdemError, RequestMismatchError, KeyInUseError } from './index.js';
 
 /** Some records of a batch failed; the others committed.  results[i] holds each record's outcome or error. */
 export class BatchError extends Error {
@@ -124,20 +124,6 @@ async function inTransaction(pool, work) {
   } catch (err) {
     lost = broken(err);
     if (!lost) await client.query('ROLLBACK').catch(() => {});
-    throw idemError(err);
-  } finally {
-    client.release(lost);
-  }
-}
-
-// Run one statement in autocommit (its own transaction: one round trip).
-async function autocommit(pool, text, values) {
-  const client = await pool.connect();
-  let lost;
-  try {
-    return await client.query(text, values);
-  } catch (err) {
-    lost = broken(err);
     throw idemError(err);
   } finally {
     client.release(lost);

@@ -85,8 +85,9 @@ const CLAIM_COLUMNS = 'state, token, outcome, recovery_point, recovery_data';
 // connection goes back to the pool to be destroyed.)
 const brokenBy = (err) => (err?.code === undefined ? err ?? new Error('idem: connection lost') : undefined);
 
-// Run one statement on a pooled connection held only for it.
-async function autocommit(pool, text, values) {
+// Run one statement on a pooled connection held only for it (also used by
+// consumer.js; not part of the documented API).
+export async function autocommit(pool, text, values) {
   const client = await pool.connect();
   let broken;
   try {
