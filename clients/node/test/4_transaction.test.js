@@ -263,3 +263,28 @@ test('[transaction] a holder idle for a whole lease (no heartbeat) loses its tra
     await fresh.close();
   }
 });
+
+test('step.signal aborts when the server ends the holder\'s connection, whether read before or after; the key is left free', async () => {
+  for (const mode of ['transaction', 'lease']) {
+    for (const readFirst of [true, false]) {
+      const key = freshKey(`signal-${mode}-${readFirst}`);
+      let seen;
+      await assert.rejects(once(pool, { key, mode }, async (step) => {
+        const early = readFirst ? step.signal : null;
+        const { rows: [{ pid }] } = await step.client.query('SELECT pg_backend_pid() AS pid');
+        const ended = new Promise((resolve) => {
+          if (early) early.addEventListener('abort', resolve);
+          else setTimeout(resolve, 500);   // the signal is first read only after the connection ended
+        });
+        await pool.query('SELECT pg_terminate_backend($1)', [pid]);
+        await ended;
+        seen = step.signal;
+        return 'not recorded';
+      }));
+      assert.equal(seen.aborted, true, `${mode}, signal read ${readFirst ? 'before' : 'after'} the end`);
+      assert.ok(seen.reason instanceof Error);
+      // The key is free again (the rolled-back claim, or a lease released or lapsed): it runs.
+      assert.equal(await once(pool, { key, mode, wait: 5000 }, async () => 'ran'), 'ran');
+    }
+  }
+});
