@@ -15,7 +15,9 @@
 // so a failed record is read again, and its retry replays every record that
 // succeeded.
 
-import { autocommit, idemError, IdemError, RequestMismatchError, KeyInUseError } from './index.js';
+import {
+  autocommit, brokenBy, idemError, interval, recordCheckpoint, IdemError, InUseBackoff, RequestMismatchError, KeyInUseError,
+} from './index.js';
 
 /** Some records of a batch failed; the others committed.  results[i] holds each record's outcome or error. */
 export class BatchError extends Error {
@@ -29,10 +31,6 @@ export class BatchError extends Error {
   }
 }
 
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-const interval = (ms) => `${Math.round(ms)} milliseconds`;
-// An error that says nothing about the SQL but that the connection may be gone.
-const broken = (err) => (err?.code === undefined ? err : undefined);
 const asJson = (value) => JSON.parse(JSON.stringify(value ?? null));
 
 function keysOf(records, key) {
@@ -79,7 +77,7 @@ export async function processBatch(pool, records, { key, fn, arg = (record) => r
       const { rows } = await client.query(BATCH_CALL, [keys, args, fn]);
       return rows.map((row, i) => ({ key: keys[i], outcome: row.outcome, replayed: row.replayed }));
     } catch (err) {
-      lost = broken(err);
+      lost = brokenBy(err);
       if (lost) throw err;
     }
     // Something failed and the statement rolled back: again record by record,
@@ -95,14 +93,14 @@ export async function processBatch(pool, records, { key, fn, arg = (record) => r
           await client.query('RELEASE SAVEPOINT idem_record');
           results.push({ key: keys[i], outcome: row.outcome, replayed: row.replayed });
         } catch (err) {
-          if (broken(err)) throw err;
+          if (brokenBy(err)) throw err;
           await client.query('ROLLBACK TO SAVEPOINT idem_record');
           results.push({ key: keys[i], error: idemError(err) });
         }
       }
       await client.query('COMMIT');
     } catch (err) {
-      lost = broken(err);
+      lost = brokenBy(err);
       if (!lost) await client.query('ROLLBACK').catch(() => {});
       throw idemError(err);
     }
@@ -122,7 +120,7 @@ async function inTransaction(pool, work) {
     await client.query('COMMIT');
     return value;
   } catch (err) {
-    lost = broken(err);
+    lost = brokenBy(err);
     if (!lost) await client.query('ROLLBACK').catch(() => {});
     throw idemError(err);
   } finally {
@@ -145,16 +143,14 @@ const CLAIM_ALL = `SELECT c.state, c.token, c.outcome, c.recovery_point, c.recov
 // all or none, so a key held elsewhere (another consumer's batch, a crashed
 // consumer's lease) leaves this batch holding nothing while it pauses.
 async function claimAll(pool, keys, requests, leaseMs, waitMs) {
-  const deadline = Date.now() + waitMs;
-  let pause = 25;
+  const backoff = new InUseBackoff(waitMs);
   for (;;) {
     try {
       return (await autocommit(pool, CLAIM_ALL, [keys, requests, interval(leaseMs)])).rows;
     } catch (err) {
-      if (!(err instanceof KeyInUseError) || Date.now() >= deadline) throw err;
+      if (!(err instanceof KeyInUseError) || backoff.expired) throw err;
     }
-    await sleep(Math.max(0, Math.min(pause * (0.5 + Math.random()), deadline - Date.now())));
-    pause = Math.min(pause * 2, 500);
+    await backoff.wait();
   }
 }
 
@@ -281,9 +277,7 @@ export async function processBatchExternal(pool, records, options, handler) {
         recovery: task.recovery,
         signal: task.controller.signal,
         async checkpoint(point, data = null) {
-          await autocommit(pool, 'SELECT idem.checkpoint($1, $2, $3, $4::jsonb)',
-            [task.key, task.token, point, JSON.stringify(data)]);
-          task.recovery = step.recovery = { point, data: asJson(data) };
+          task.recovery = step.recovery = await recordCheckpoint(pool, task.key, task.token, point, data);
         },
       };
       try {
@@ -305,13 +299,10 @@ export async function processBatchExternal(pool, records, options, handler) {
   // lease lapsed and another holder took a key: IK412), again key by key
   // behind savepoints, so that only the stale keys are left out.
   done.sort((a, b) => a.index - b.index);
+  // tasks is never empty.
   const finish = async (client, tasks) => {
-    if (persist && tasks.length > 0) {
-      await persist(client, tasks.map((t) => ({ record: records[t.index], key: t.key, outcome: t.outcome })));
-    }
-    if (tasks.length > 0) {
-      await client.query(COMPLETE_ALL, [tasks.map((t) => t.key), tasks.map((t) => t.token), tasks.map((t) => JSON.stringify(t.outcome))]);
-    }
+    if (persist) await persist(client, tasks.map((t) => ({ record: records[t.index], key: t.key, outcome: t.outcome })));
+    await client.query(COMPLETE_ALL, [tasks.map((t) => t.key), tasks.map((t) => t.token), tasks.map((t) => JSON.stringify(t.outcome))]);
   };
   try {
     if (persist && done.length > 0) {
@@ -338,7 +329,7 @@ export async function processBatchExternal(pool, records, options, handler) {
           await finish(client, [task]);
           await client.query('RELEASE SAVEPOINT idem_record');
         } catch (e) {
-          if (broken(e)) throw e;
+          if (brokenBy(e)) throw e;
           await client.query('ROLLBACK TO SAVEPOINT idem_record');
           task.error = idemError(e);
         }

@@ -57,8 +57,11 @@ export function idemError(err) {
   return new (CLASSES[err.code] ?? IdemError)(err);
 }
 
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-const interval = (ms) => `${Math.round(ms)} milliseconds`;
+// sleep, interval, brokenBy, autocommit, InUseBackoff, connectHolder and
+// recordCheckpoint are also used by consumer.js; they are not part of the
+// documented API.
+export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+export const interval = (ms) => `${Math.round(ms)} milliseconds`;
 const MODES = ['lease', 'transaction'];
 
 // A string as an SQL literal, read the same whatever
@@ -83,10 +86,9 @@ const CLAIM_COLUMNS = 'state, token, outcome, recovery_point, recovery_data';
 
 // Is err a broken connection rather than an SQL error?  (Then the
 // connection goes back to the pool to be destroyed.)
-const brokenBy = (err) => (err?.code === undefined ? err ?? new Error('idem: connection lost') : undefined);
+export const brokenBy = (err) => (err?.code === undefined ? err ?? new Error('idem: connection lost') : undefined);
 
-// Run one statement on a pooled connection held only for it (also used by
-// consumer.js; not part of the documented API).
+// Run one statement on a pooled connection held only for it.
 export async function autocommit(pool, text, values) {
   const client = await pool.connect();
   let broken;
@@ -97,6 +99,25 @@ export async function autocommit(pool, text, values) {
     throw idemError(err);
   } finally {
     client.release(broken);
+  }
+}
+
+// The pauses between attempts at a key in use: 25 ms doubling to 500 ms,
+// jittered, the last one ending at the deadline, so that a caller waits the
+// whole bound and no longer.
+export class InUseBackoff {
+  constructor(waitMs) {
+    this.deadline = Date.now() + waitMs;
+    this.pause = 25;
+  }
+
+  get expired() {
+    return Date.now() >= this.deadline;
+  }
+
+  async wait() {
+    await sleep(Math.max(0, Math.min(this.pause * (0.5 + Math.random()), this.deadline - Date.now())));
+    this.pause = Math.min(this.pause * 2, 500);
   }
 }
 
@@ -134,6 +155,23 @@ function giveSlot(pool) {
   else slots.free += 1;
 }
 
+// A pooled connection for a holder, once it has its slot.
+export async function connectHolder(pool) {
+  await takeSlot(pool);
+  try {
+    return await pool.connect();
+  } catch (err) {
+    giveSlot(pool);
+    throw err;
+  }
+}
+
+// Give a holder's connection and its slot back.
+function releaseHolder(pool, conn, broken) {
+  conn.release(broken);
+  giveSlot(pool);
+}
+
 // Claim the key with idem.wait_timeout = 0, pausing outside the pool between
 // attempts.  'lease': in the implicit transaction of one query, committed
 // when it returns.  'transaction': after BEGIN, on a connection that is
@@ -148,17 +186,9 @@ async function claim(pool, key, requestText, leaseMs, waitMs, inTransaction) {
   const text = inTransaction
     ? `BEGIN; SET LOCAL idem.wait_timeout = 0; SET LOCAL idle_in_transaction_session_timeout = ${Math.round(leaseMs)}; ${call}`
     : `SET LOCAL idem.wait_timeout = 0; ${call}`;
-  const deadline = Date.now() + waitMs;
-  let pause = 25;
+  const backoff = new InUseBackoff(waitMs);
   for (;;) {
-    if (inTransaction) await takeSlot(pool);
-    let client;
-    try {
-      client = await pool.connect();
-    } catch (err) {
-      if (inTransaction) giveSlot(pool);
-      throw err;
-    }
+    const client = inTransaction ? await connectHolder(pool) : await pool.connect();
     let row;
     try {
       const results = await client.query(text);
@@ -167,17 +197,15 @@ async function claim(pool, key, requestText, leaseMs, waitMs, inTransaction) {
       const broken = brokenBy(err);
       // An error ends the implicit transaction of 'lease' by itself.
       if (!broken && inTransaction) await client.query('ROLLBACK').catch(() => {});
-      client.release(broken);
-      if (inTransaction) giveSlot(pool);
-      if (err.code !== 'IK409' || Date.now() >= deadline) {
+      if (inTransaction) releaseHolder(pool, client, broken);
+      else client.release(broken);
+      if (err.code !== 'IK409' || backoff.expired) {
         if (err.code === 'IK409') {
           throw new KeyInUseError(err, `idempotency key "${key}" is still in use after waiting ${waitMs} ms`, 1);
         }
         throw idemError(err);
       }
-      // The last pause ends at the deadline, so a caller waits the whole bound.
-      await sleep(Math.max(0, Math.min(pause * (0.5 + Math.random()), deadline - Date.now())));
-      pause = Math.min(pause * 2, 500);
+      await backoff.wait();
       continue;
     }
     if (!inTransaction) {
@@ -187,7 +215,7 @@ async function claim(pool, key, requestText, leaseMs, waitMs, inTransaction) {
     if (row.state === 'replay') {
       // Nothing was written: the caller need not wait for the transaction's
       // end, but the connection goes back to the pool only after it.
-      client.query('ROLLBACK').then(() => client.release(), (err) => client.release(err)).finally(() => giveSlot(pool));
+      client.query('ROLLBACK').then(() => releaseHolder(pool, client), (err) => releaseHolder(pool, client, err));
       return { row };
     }
     return { row, client };
@@ -206,10 +234,21 @@ function watch(conn, onLost) {
   return () => conn.removeListener('error', onLost);
 }
 
+// Record a checkpoint in autocommit; returns it as a later holder reads it
+// back (data as JSON).
+export async function recordCheckpoint(pool, key, tokenText, point, data) {
+  await autocommit(pool, 'SELECT idem.checkpoint($1, $2, $3, $4::jsonb)', [key, tokenText, point, JSON.stringify(data)]);
+  return { point, data: JSON.parse(JSON.stringify(data)) };
+}
+
 // What both holders' steps share: step.signal, made when first read (most
 // steps never read it, and an AbortController is not free on every call),
 // and aborted with the reason the step lost its claim.
 class Holder {
+  constructor() {
+    this._controller = null;
+  }
+
   get signal() {
     this._controller ??= new AbortController();
     return this._controller.signal;
@@ -233,7 +272,6 @@ class Step extends Holder {
     this._tokenText = String(row.token);
     this._conn = null;
     this._unwatch = null;
-    this._controller = null;
     this._beating = null;
     this._stopped = false;
     this._timer = setInterval(() => this._beat(leaseMs, onHeartbeatError), leaseMs / 3);
@@ -250,14 +288,7 @@ class Step extends Holder {
   async _transaction() {
     if (this._conn === null) {
       this._conn = (async () => {
-        await takeSlot(this._pool);
-        let conn;
-        try {
-          conn = await this._pool.connect();
-        } catch (err) {
-          giveSlot(this._pool);
-          throw err;
-        }
+        const conn = await connectHolder(this._pool);
         this._unwatch = watch(conn, (err) => this._abort(err));
         try {
           await conn.query('BEGIN');
@@ -274,8 +305,7 @@ class Step extends Holder {
   // Give step.client's connection and its holder's slot back.
   _giveBack(conn, broken) {
     this._unwatch();
-    conn.release(broken);
-    giveSlot(this._pool);
+    releaseHolder(this._pool, conn, broken);
   }
 
   _beat(leaseMs, onError) {
@@ -318,9 +348,7 @@ class Step extends Holder {
     if (this._conn !== null) {
       throw new Error('idem: checkpoint before the first step.client query (a checkpoint commits on its own, the transaction commits with complete)');
     }
-    await autocommit(this._pool, 'SELECT idem.checkpoint($1, $2, $3, $4::jsonb)',
-      [this.key, this._tokenText, name, JSON.stringify(data)]);
-    this.recovery = { point: name, data: JSON.parse(JSON.stringify(data)) };
+    this.recovery = await recordCheckpoint(this._pool, this.key, this._tokenText, name, data);
   }
 
   // Record the outcome: in step.client's transaction if it was used, else on its own.
@@ -376,7 +404,6 @@ class TransactionStep extends Holder {
     this.recovery = row.recovery_point == null ? null : { point: row.recovery_point, data: row.recovery_data };
     this._conn = conn;
     this._tokenText = String(row.token);
-    this._controller = null;
     this._unwatch = watch(conn, (err) => this._abort(err));
     this._beating = null;
     this._done = false;
@@ -409,8 +436,7 @@ class TransactionStep extends Holder {
     this._done = true;
     clearInterval(this._timer);
     this._unwatch();
-    this._conn.release(broken);
-    giveSlot(this._pool);
+    releaseHolder(this._pool, this._conn, broken);
   }
 
   // Record the outcome and commit, in one round trip; on failure roll back.
