@@ -57,10 +57,9 @@ export function idemError(err) {
   return new (CLASSES[err.code] ?? IdemError)(err);
 }
 
-// sleep, interval, brokenBy, autocommit, InUseBackoff, connectHolder and
-// recordCheckpoint are also used by consumer.js; they are not part of the
-// documented API.
-export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+// interval, brokenBy, autocommit, InUseBackoff and recordCheckpoint are also
+// used by consumer.js; they are not part of the documented API.
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 export const interval = (ms) => `${Math.round(ms)} milliseconds`;
 const MODES = ['lease', 'transaction'];
 
@@ -156,7 +155,7 @@ function giveSlot(pool) {
 }
 
 // A pooled connection for a holder, once it has its slot.
-export async function connectHolder(pool) {
+async function connectHolder(pool) {
   await takeSlot(pool);
   try {
     return await pool.connect();
