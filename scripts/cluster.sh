@@ -28,6 +28,11 @@
 #                         sessions), on a unix socket in DIR; sets
 #                         BOUNCER_PORT once it answers
 #   bouncer_stop DIR      stop the pgbouncer started in DIR, if any
+#   kinesalite_start DIR  start kinesalite (the Kinesis emulator, in memory;
+#                         clients/node's test/kinesalite.js, its npm packages
+#                         installed) on 127.0.0.1, a free port, its log and
+#                         pid in DIR; sets KINESALITE_PORT once it listens
+#   kinesalite_stop DIR   stop the kinesalite started in DIR, if any
 #
 # As root, the server and clients run as the postgres user (the server
 # refuses root); as anyone else, as that user.  The PostgreSQL programs are
@@ -154,4 +159,30 @@ INI
 bouncer_stop() {
     local dir=$1
     [ -s "$dir/pgbouncer.pid" ] && kill "$(cat "$dir/pgbouncer.pid")" 2>/dev/null || true
+}
+
+# clients/node's test/kinesalite.js, not kinesalite's own cli (which listens
+# on every interface); it prints "listening PORT" once it accepts.  Run as
+# the caller: it needs no cluster.
+kinesalite_start() {
+    local dir=$1 root _
+    root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+    mkdir -p "$dir"
+    node "$root/clients/node/test/kinesalite.js" 0 >"$dir/kinesalite.log" 2>&1 &
+    echo $! >"$dir/kinesalite.pid"
+    KINESALITE_PORT=
+    for _ in $(seq 200); do
+        KINESALITE_PORT=$(sed -n 's/^listening \([0-9]*\)$/\1/p' "$dir/kinesalite.log")
+        [ -n "$KINESALITE_PORT" ] && return 0
+        kill -0 "$(cat "$dir/kinesalite.pid")" 2>/dev/null || break
+        sleep 0.05
+    done
+    echo "kinesalite did not start"; cat "$dir/kinesalite.log"; return 1
+}
+
+# The pidfile goes too: DIR may be a results folder that is kept.
+kinesalite_stop() {
+    local dir=$1
+    [ -s "$dir/kinesalite.pid" ] && kill "$(cat "$dir/kinesalite.pid")" 2>/dev/null || true
+    rm -f "$dir/kinesalite.pid"
 }
