@@ -20,7 +20,8 @@
 #                         shared_preload_libraries, found through
 #                         dynamic_library_path
 #   as_pg CMD...          run CMD as the cluster's owner
-#   free_port             a TCP port number nobody listens on
+#   free_port [BASE]      a TCP port number nobody listens on, from BASE
+#                         (55432) on
 #   bouncer_start DIR POOL
 #                         start pgbouncer in transaction pooling in front of
 #                         the cluster of PGHOST/PGPORT (database postgres,
@@ -53,15 +54,17 @@ as_pg() {
     fi
 }
 
-# Find a TCP port number nobody listens on (used only to name the socket).
+# Find a TCP port number nobody listens on (for a cluster, used only to name
+# the socket).  A port found is free only until its caller listens on it:
+# callers that run at the same time pass BASEs apart, or find the same one.
 free_port() {
-    local port
-    for port in $(seq 55432 55632); do
+    local base=${1:-55432} port
+    for port in $(seq "$base" $((base + 200))); do
         if ! ss -Htln "sport = :$port" 2>/dev/null | grep -q . && [ ! -e "/tmp/.s.PGSQL.$port" ]; then
             echo "$port"; return
         fi
     done
-    echo 55432
+    echo "$base"
 }
 
 cluster_start() {

@@ -234,15 +234,6 @@ dyn() {
 }
 isolation=$(sed -n 's/^ISOLATION = //p' "$root/Makefile")
 
-# A TCP port from base on that nobody listens on (dynalite's).
-free_tcp_port() {
-    local port
-    for port in $(seq "$1" $(($1 + 50))); do
-        ss -Htln "sport = :$port" 2>/dev/null | grep -q . || { echo "$port"; return; }
-    done
-    echo "$1"
-}
-
 # Build and test idem on one major; prints the step lines.
 test_major() {
     local major=$1
@@ -344,7 +335,7 @@ SQL
     # "my-fn"), and reads back the item of another outcome, which it leaves
     # alone (a conflict).
     # apart for each major: the majors run at the same time
-    dport=$(free_tcp_port $((56000 + major * 60)))
+    dport=$(free_port $((56000 + major * 60)))
     node "$dynamo/node_modules/dynalite/cli.js" --host 127.0.0.1 --port "$dport" --createTableMs 0 \
         >"$work/dynalite.log" 2>&1 &
     dynalite_pid=$!
