@@ -22,6 +22,8 @@
 #   as_pg CMD...          run CMD as the cluster's owner
 #   free_port [BASE]      a TCP port number nobody listens on, from BASE
 #                         (55432) on
+#   worktree_ref ROOT     the commit to archive for ROOT's tracked files as
+#                         they are on disk (HEAD when they are unchanged)
 #   bouncer_start DIR POOL
 #                         start pgbouncer in transaction pooling in front of
 #                         the cluster of PGHOST/PGPORT (database postgres,
@@ -122,6 +124,18 @@ idem_conf() {
     fi
     [ "${1:-}" = --preload ] && echo "shared_preload_libraries = 'idem'"
     return 0
+}
+
+# git stash create makes a commit of the tracked files when the tree has
+# changes, and prints nothing when it has none.  A file rewritten with the
+# same content (npm ci does that to package-lock.json) makes git 2.39's stash
+# create exit 1 silently unless the index is refreshed first; should it fail
+# all the same, the committed tree (HEAD) is archived.
+worktree_ref() {
+    local root=$1 ref
+    git -C "$root" update-index -q --refresh >/dev/null 2>&1 || true
+    ref=$(git -C "$root" stash create 2>/dev/null) || ref=
+    echo "${ref:-HEAD}"
 }
 
 bouncer_start() {
