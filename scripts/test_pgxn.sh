@@ -116,8 +116,10 @@ count "$scratch/meta.log"
 echo "== make dist"
 # The tracked files as they are on disk.
 make -C "$root" -s dist DIST_REF="$(worktree_ref "$root")" DIST_DIR="$scratch" >"$scratch/dist.log" 2>&1 || cat "$scratch/dist.log"
-version=$(perl -MJSON::PP -e 'print decode_json(join "", <>)->{version}' "$root/META.json")
-zip=$scratch/idem-$version.zip
+# make dist prints the archive's path last (DIST_DIR/idem-VERSION.zip)
+zip=$(tail -n 1 "$scratch/dist.log")
+version=${zip##*/idem-}
+version=${version%.zip}
 unzip -q "$zip" -d "$scratch/unpacked" || true
 tree=$scratch/unpacked/idem-$version
 {
