@@ -38,8 +38,9 @@
 # tests mostly wait: about 55 s for all three here, against 100 s in turn).
 #
 # Prints one line per step ("matrix 17 regress ... ok (20 tests, 12 s)" or
-# "... FAILED", then the log or diffs), then "matrix: N passed, N failed",
-# and exits non-zero if any step failed.
+# "... FAILED", then the log or diffs), then "matrix: N s" (the whole run's
+# seconds) and "matrix: N passed, N failed", and exits non-zero if any step
+# failed.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -422,5 +423,7 @@ for i in "${!majors[@]}"; do
     failed=$((failed + $(grep -cE '^matrix .* \.\.\. FAILED' "$out" || true)))
 done
 children=()
-echo "matrix: $ok passed, $failed failed ($SECONDS s)"
+# the time on a line of its own: the summary ends as scripts/test.sh reads it
+echo "matrix: $SECONDS s"
+echo "matrix: $ok passed, $failed failed"
 [ "$failed" -eq 0 ]
