@@ -59,6 +59,7 @@ as_pg() {
 # Find a TCP port number nobody listens on (for a cluster, used only to name
 # the socket).  A port found is free only until its caller listens on it:
 # callers that run at the same time pass BASEs apart, or find the same one.
+# shellcheck disable=SC2120 # BASE is optional
 free_port() {
     local base=${1:-55432} port
     for port in $(seq "$base" $((base + 200))); do
