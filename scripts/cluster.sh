@@ -20,7 +20,10 @@
 #                         shared_preload_libraries, found through
 #                         dynamic_library_path
 #   as_pg CMD...          run CMD as the cluster's owner
-#   free_port             a TCP port number nobody listens on
+#   free_port [BASE]      a TCP port number nobody listens on, from BASE
+#                         (55432) on
+#   worktree_ref ROOT     the commit to archive for ROOT's tracked files as
+#                         they are on disk (HEAD when they are unchanged)
 #   bouncer_start DIR POOL
 #                         start pgbouncer in transaction pooling in front of
 #                         the cluster of PGHOST/PGPORT (database postgres,
@@ -28,6 +31,11 @@
 #                         sessions), on a unix socket in DIR; sets
 #                         BOUNCER_PORT once it answers
 #   bouncer_stop DIR      stop the pgbouncer started in DIR, if any
+#   kinesalite_start DIR  start kinesalite (the Kinesis emulator, in memory;
+#                         clients/node's test/kinesalite.js, its npm packages
+#                         installed) on 127.0.0.1, a free port, its log and
+#                         pid in DIR; sets KINESALITE_PORT once it listens
+#   kinesalite_stop DIR   stop the kinesalite started in DIR, if any
 #
 # As root, the server and clients run as the postgres user (the server
 # refuses root); as anyone else, as that user.  The PostgreSQL programs are
@@ -48,15 +56,18 @@ as_pg() {
     fi
 }
 
-# Find a TCP port number nobody listens on (used only to name the socket).
+# Find a TCP port number nobody listens on (for a cluster, used only to name
+# the socket).  A port found is free only until its caller listens on it:
+# callers that run at the same time pass BASEs apart, or find the same one.
+# shellcheck disable=SC2120 # BASE is optional
 free_port() {
-    local port
-    for port in $(seq 55432 55632); do
+    local base=${1:-55432} port
+    for port in $(seq "$base" $((base + 200))); do
         if ! ss -Htln "sport = :$port" 2>/dev/null | grep -q . && [ ! -e "/tmp/.s.PGSQL.$port" ]; then
             echo "$port"; return
         fi
     done
-    echo 55432
+    echo "$base"
 }
 
 cluster_start() {
@@ -116,6 +127,18 @@ idem_conf() {
     return 0
 }
 
+# git stash create makes a commit of the tracked files when the tree has
+# changes, and prints nothing when it has none.  A file rewritten with the
+# same content (npm ci does that to package-lock.json) makes git 2.39's stash
+# create exit 1 silently unless the index is refreshed first; should it fail
+# all the same, the committed tree (HEAD) is archived.
+worktree_ref() {
+    local root=$1 ref
+    git -C "$root" update-index -q --refresh >/dev/null 2>&1 || true
+    ref=$(git -C "$root" stash create 2>/dev/null) || ref=
+    echo "${ref:-HEAD}"
+}
+
 bouncer_start() {
     local dir=$1 pool=$2
     mkdir -p "$dir"
@@ -154,4 +177,30 @@ INI
 bouncer_stop() {
     local dir=$1
     [ -s "$dir/pgbouncer.pid" ] && kill "$(cat "$dir/pgbouncer.pid")" 2>/dev/null || true
+}
+
+# clients/node's test/kinesalite.js, not kinesalite's own cli (which listens
+# on every interface); it prints "listening PORT" once it accepts.  Run as
+# the caller: it needs no cluster.
+kinesalite_start() {
+    local dir=$1 root _
+    root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+    mkdir -p "$dir"
+    node "$root/clients/node/test/kinesalite.js" 0 >"$dir/kinesalite.log" 2>&1 &
+    echo $! >"$dir/kinesalite.pid"
+    KINESALITE_PORT=
+    for _ in $(seq 200); do
+        KINESALITE_PORT=$(sed -n 's/^listening \([0-9]*\)$/\1/p' "$dir/kinesalite.log")
+        [ -n "$KINESALITE_PORT" ] && return 0
+        kill -0 "$(cat "$dir/kinesalite.pid")" 2>/dev/null || break
+        sleep 0.05
+    done
+    echo "kinesalite did not start"; cat "$dir/kinesalite.log"; return 1
+}
+
+# The pidfile goes too: DIR may be a results folder that is kept.
+kinesalite_stop() {
+    local dir=$1
+    [ -s "$dir/kinesalite.pid" ] && kill "$(cat "$dir/kinesalite.pid")" 2>/dev/null || true
+    rm -f "$dir/kinesalite.pid"
 }

@@ -38,8 +38,9 @@
 # tests mostly wait: about 55 s for all three here, against 100 s in turn).
 #
 # Prints one line per step ("matrix 17 regress ... ok (20 tests, 12 s)" or
-# "... FAILED", then the log or diffs), then "matrix: N passed, N failed",
-# and exits non-zero if any step failed.
+# "... FAILED", then the log or diffs), then "matrix: N s" (the whole run's
+# seconds) and "matrix: N passed, N failed", and exits non-zero if any step
+# failed.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -234,15 +235,6 @@ dyn() {
 }
 isolation=$(sed -n 's/^ISOLATION = //p' "$root/Makefile")
 
-# A TCP port from base on that nobody listens on (dynalite's).
-free_tcp_port() {
-    local port
-    for port in $(seq "$1" $(($1 + 50))); do
-        ss -Htln "sport = :$port" 2>/dev/null | grep -q . || { echo "$port"; return; }
-    done
-    echo "$1"
-}
-
 # Build and test idem on one major; prints the step lines.
 test_major() {
     local major=$1
@@ -344,7 +336,7 @@ SQL
     # "my-fn"), and reads back the item of another outcome, which it leaves
     # alone (a conflict).
     # apart for each major: the majors run at the same time
-    dport=$(free_tcp_port $((56000 + major * 60)))
+    dport=$(free_port $((56000 + major * 60)))
     node "$dynamo/node_modules/dynalite/cli.js" --host 127.0.0.1 --port "$dport" --createTableMs 0 \
         >"$work/dynalite.log" 2>&1 &
     dynalite_pid=$!
@@ -431,5 +423,7 @@ for i in "${!majors[@]}"; do
     failed=$((failed + $(grep -cE '^matrix .* \.\.\. FAILED' "$out" || true)))
 done
 children=()
-echo "matrix: $ok passed, $failed failed ($SECONDS s)"
+# the time on a line of its own: the summary ends as scripts/test.sh reads it
+echo "matrix: $SECONDS s"
+echo "matrix: $ok passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -86,14 +86,8 @@ check() {
     fi
 }
 
-# The tracked files as they are on disk (git stash create makes a commit of
-# them when the tree has changes, and prints nothing when it has none).  A
-# file rewritten with the same content (npm ci does that to package-lock.json)
-# makes git 2.39's stash create exit 1 silently unless the index is refreshed
-# first; should it fail all the same, the committed tree is built.
-git -C "$root" update-index -q --refresh >/dev/null 2>&1 || true
-ref=$(git -C "$root" stash create 2>/dev/null) || ref=
-git -C "$root" archive --prefix=idem/ "${ref:-HEAD}" | tar -x -C "$scratch"
+# The tracked files as they are on disk.
+git -C "$root" archive --prefix=idem/ "$(worktree_ref "$root")" | tar -x -C "$scratch"
 version=$(dpkg-parsechangelog -l "$scratch/idem/debian/changelog" -S Version)
 extversion=$(sed -n "s/^default_version = '\(.*\)'/\1/p" "$scratch/idem/idem.control")
 

@@ -114,15 +114,12 @@ TREE=$root perl -MJSON::PP -e '
 count "$scratch/meta.log"
 
 echo "== make dist"
-# The tracked files as they are on disk (git stash create makes a commit of
-# them when the tree has changes, and prints nothing when it has none).
-# (refreshed first: a file rewritten with the same content makes git 2.39's
-# stash create exit 1 silently; should it fail all the same, HEAD is archived)
-git -C "$root" update-index -q --refresh >/dev/null 2>&1 || true
-ref=$(git -C "$root" stash create 2>/dev/null) || ref=
-make -C "$root" -s dist DIST_REF="${ref:-HEAD}" DIST_DIR="$scratch" >"$scratch/dist.log" 2>&1 || cat "$scratch/dist.log"
-version=$(perl -MJSON::PP -e 'print decode_json(join "", <>)->{version}' "$root/META.json")
-zip=$scratch/idem-$version.zip
+# The tracked files as they are on disk.
+make -C "$root" -s dist DIST_REF="$(worktree_ref "$root")" DIST_DIR="$scratch" >"$scratch/dist.log" 2>&1 || cat "$scratch/dist.log"
+# make dist prints the archive's path last (DIST_DIR/idem-VERSION.zip)
+zip=$(tail -n 1 "$scratch/dist.log")
+version=${zip##*/idem-}
+version=${version%.zip}
 unzip -q "$zip" -d "$scratch/unpacked" || true
 tree=$scratch/unpacked/idem-$version
 {

@@ -33,10 +33,9 @@ fi
 source "$root/scripts/cluster.sh"
 scratch=$(mktemp -d /tmp/idem-node.XXXXXX)
 chmod 755 "$scratch"
-kinesalite_pid=
-# shellcheck disable=SC2317,SC2015 # called by the EXIT trap; kill may fail
+# shellcheck disable=SC2317 # called by the EXIT trap
 cleanup() {
-    [ -n "$kinesalite_pid" ] && kill "$kinesalite_pid" 2>/dev/null || true
+    kinesalite_stop "$scratch/kinesalite"
     bouncer_stop "$scratch/bouncer"
     cluster_stop "$scratch/arbiter"
     cluster_stop "$scratch/main"
@@ -67,19 +66,8 @@ as_pg psql -X -q -d postgres -v ON_ERROR_STOP=1 -c 'CREATE EXTENSION idem'
 export IDEM_TEST_ARBITER_HOST=$PGHOST IDEM_TEST_ARBITER_PORT=$PGPORT
 export PGHOST=$IDEM_TEST_HOST PGPORT=$IDEM_TEST_PORT PGUSER=postgres PGDATABASE=postgres
 
-# kinesalite on 127.0.0.1 (test/kinesalite.js: its own cli listens on every
-# interface), on a free port it prints.
-node "$here/test/kinesalite.js" 0 >"$scratch/kinesalite.log" 2>&1 &
-kinesalite_pid=$!
-kinesalite_port=
-for _ in $(seq 200); do
-    kinesalite_port=$(sed -n 's/^listening \([0-9]*\)$/\1/p' "$scratch/kinesalite.log")
-    [ -n "$kinesalite_port" ] && break
-    kill -0 "$kinesalite_pid" 2>/dev/null || break
-    sleep 0.05
-done
-[ -n "$kinesalite_port" ] || { echo "kinesalite did not start"; cat "$scratch/kinesalite.log"; exit 1; }
-export IDEM_TEST_KINESIS=http://127.0.0.1:$kinesalite_port
+kinesalite_start "$scratch/kinesalite"
+export IDEM_TEST_KINESIS=http://127.0.0.1:$KINESALITE_PORT
 
 cd "$here"
 status=0
