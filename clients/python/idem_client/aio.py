@@ -8,7 +8,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from . import _common as c
-from .errors import KeyInFlight, StaleToken, translate
+from .errors import KeyInFlight, StaleToken, translated
 
 try:
     import psycopg_pool
@@ -45,17 +45,12 @@ class _AsyncSource:
 
     async def _run(self, key, sql, params, no_wait):
         async with self.acquire() as conn:
-            try:
+            with translated(key):
                 async with conn.transaction():
                     if no_wait:
                         await conn.execute(c.NO_WAIT_SQL)
                     cur = await conn.execute(sql, params)
                     return await cur.fetchone()
-            except psycopg.Error as exc:
-                typed = translate(exc, key)
-                if typed is None:
-                    raise
-                raise typed from exc
 
 
 @contextlib.asynccontextmanager
@@ -67,20 +62,26 @@ async def _closing(factory):
         await conn.close()
 
 
-async def aclaim(source, key, request, lease, wait):
-    """Claim the key, backing off outside any connection while it is in flight, for at most `wait` seconds."""
+async def _retry_in_use(wait, attempt):
+    """Await `attempt()` again while it finds the key in use (IK409), pausing with backoff and holding
+    nothing in between, for at most `wait` seconds; then its KeyInFlight goes out with retry_after = 1."""
     deadline = time.monotonic() + wait
     delays = c.backoff_delays()
-    req = None if request is None else Jsonb(request)
     while True:
         try:
-            return await source.run(key, c.CLAIM_SQL, (key, req, lease), no_wait=True)
+            return await attempt()
         except KeyInFlight as exc:
             pause = next(delays)
             if time.monotonic() + pause > deadline:
                 exc.retry_after = 1
                 raise
             await asyncio.sleep(pause)
+
+
+async def aclaim(source, key, request, lease, wait):
+    """Claim the key, backing off outside any connection while it is in flight, for at most `wait` seconds."""
+    req = None if request is None else Jsonb(request)
+    return await _retry_in_use(wait, lambda: source.run(key, c.CLAIM_SQL, (key, req, lease), no_wait=True))
 
 
 async def aclaim_held(source, key, request, lease, wait):
@@ -92,38 +93,33 @@ async def aclaim_held(source, key, request, lease, wait):
     if source.shared:
         raise TypeError("mode 'transaction' needs a pool or a connection factory: it keeps a connection"
                         " for the whole of the work")
-    deadline = time.monotonic() + wait
-    delays = c.backoff_delays()
     req = None if request is None else Jsonb(request)
-    while True:
+
+    async def attempt():
         cm = source.acquire()
         conn = await cm.__aenter__()
         tx = conn.transaction()
         try:
-            await tx.__aenter__()
-            await conn.execute(c.HELD_SETTINGS_SQL, (str(max(1, round(lease * 1000))),))
-            row = await (await conn.execute(c.CLAIM_SQL, (key, req, lease))).fetchone()
+            with translated(key):
+                await tx.__aenter__()
+                await conn.execute(c.HELD_SETTINGS_SQL, (str(max(1, round(lease * 1000))),))
+                row = await (await conn.execute(c.CLAIM_SQL, (key, req, lease))).fetchone()
         except BaseException as exc:
+            # Give the connection back before any pause, so that the holder can finish on it.
             with contextlib.suppress(Exception):
                 await tx.__aexit__(type(exc), exc, None)
             with contextlib.suppress(Exception):
                 await cm.__aexit__(None, None, None)
-            typed = translate(exc, key) if isinstance(exc, psycopg.Error) else None
-            if not isinstance(typed, KeyInFlight):
-                if typed is not None:
-                    raise typed from exc
-                raise
-            pause = next(delays)
-            if time.monotonic() + pause > deadline:
-                typed.retry_after = 1
-                raise typed from exc
-            await asyncio.sleep(pause)
-            continue
-        if row[0] == "replay":
-            await tx.__aexit__(None, None, None)
-            await cm.__aexit__(None, None, None)
-            return row, None
+            raise
         return row, (cm, conn, tx)
+
+    row, held = await _retry_in_use(wait, attempt)
+    if row[0] == "replay":
+        cm, _, tx = held
+        await tx.__aexit__(None, None, None)
+        await cm.__aexit__(None, None, None)
+        return row, None
+    return row, held
 
 
 class AsyncStep:
@@ -166,13 +162,8 @@ class AsyncStep:
         value = c.as_json(outcome)
         await self._stop_heartbeat()
         conn = await self.connection()
-        try:
+        with translated(self.key):
             await conn.execute(c.COMPLETE_SQL, (self.key, self.token, Jsonb(value)))
-        except psycopg.Error as exc:
-            typed = translate(exc, self.key)
-            if typed is None:
-                raise
-            raise typed from exc
         tx, self._tx = self._tx, None
         await tx.__aexit__(None, None, None)
         self.completed = True
