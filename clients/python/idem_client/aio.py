@@ -171,22 +171,30 @@ class AsyncStep:
         return value
 
     def _start_heartbeat(self):
+        """Beat every third of the lease until stopped, or until a beat finds the claim lost (`lost`)."""
         async def beat():
             while True:
                 await asyncio.sleep(self.lease / 3)
-                if self._source.shared and self._tx is not None:
-                    continue  # the shared connection is in the work's transaction
                 try:
-                    await self.extend()
-                except StaleToken as exc:
-                    self.lost = exc
-                    return
+                    await self._beat()
                 except asyncio.CancelledError:
                     raise
-                except Exception:  # a failed beat is retried at the next third of the lease
-                    continue
+                except Exception as exc:
+                    self.lost = exc
+                    return
 
         self._heartbeat = asyncio.ensure_future(beat())
+
+    async def _beat(self):
+        """Renew the lease; raises only when the claim is lost (StaleToken)."""
+        if self._source.shared and self._tx is not None:
+            return  # the shared connection is in the work's transaction
+        try:
+            await self.extend()
+        except StaleToken:
+            raise
+        except Exception:  # a failed beat is retried at the next third of the lease
+            return
 
     async def _stop_heartbeat(self):
         if self._heartbeat is not None:
@@ -252,19 +260,10 @@ class HeldAsyncStep(AsyncStep):
         raise RuntimeError("idem: checkpoint needs mode 'lease' (in mode 'transaction' nothing commits"
                            " before complete, so a crash would roll the checkpoint back)")
 
-    def _start_heartbeat(self):
-        async def beat():
-            while True:
-                await asyncio.sleep(self.lease / 3)
-                try:
-                    await self._conn.execute("SELECT 1")  # resets the server's idle timer
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # the connection is gone: complete will fail too
-                    self.lost = exc
-                    return
-
-        self._heartbeat = asyncio.ensure_future(beat())
+    async def _beat(self):
+        """Reset the server's idle timer of the held transaction; raises when the connection is gone,
+        since complete would fail on it too."""
+        await self._conn.execute("SELECT 1")
 
     async def _finish(self, exc):
         """Roll back whatever is still open: the claim goes with it, so there is nothing to release."""
