@@ -102,8 +102,8 @@ async def aclaim_held(source, key, request, lease, wait):
         try:
             with translated(key):
                 await tx.__aenter__()
-                await conn.execute(c.HELD_SETTINGS_SQL, (str(max(1, round(lease * 1000))),))
-                row = await (await conn.execute(c.CLAIM_SQL, (key, req, lease))).fetchone()
+                cur = await conn.execute(c.CLAIM_HELD_SQL, (str(max(1, round(lease * 1000))), key, req, lease))
+                row = await cur.fetchone()
         except BaseException as exc:
             # Give the connection back before any pause, so that the holder can finish on it.
             with contextlib.suppress(Exception):
