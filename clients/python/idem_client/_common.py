@@ -5,12 +5,9 @@ import random
 from dataclasses import dataclass
 from typing import Any, Optional
 
-CLAIM_SQL = ("SELECT state, token, outcome, recovery_point, recovery_data"
-             " FROM idem.claim(%s, %s, make_interval(secs => %s))")
 # The claim fails at once with IK409 when the key is held, so that a waiting caller backs off
 # without sitting on a connection that the holder may need to finish.
 NO_WAIT = "set_config('idem.wait_timeout', '0', true)"
-NO_WAIT_SQL = "SELECT " + NO_WAIT
 # Mode 'transaction': the transaction that holds the uncommitted claim is also ended by the server
 # once it sits idle for a whole lease (milliseconds, the parameter), as a lapsed lease would free the key.
 IDLE_FOR_A_LEASE = "set_config('idle_in_transaction_session_timeout', %s, true)"
@@ -27,6 +24,8 @@ def claim_after(*settings):
             f" LATERAL idem.claim(%s, %s, CASE WHEN {ran} THEN make_interval(secs => %s) END) AS c")
 
 
+# Mode 'lease': (key, request, lease).  Mode 'transaction': (idle milliseconds, key, request, lease).
+CLAIM_SQL = claim_after(NO_WAIT)
 CLAIM_HELD_SQL = claim_after(NO_WAIT, IDLE_FOR_A_LEASE)
 CHECKPOINT_SQL = "SELECT idem.checkpoint(%s, %s, %s, %s)"
 EXTEND_SQL = "SELECT idem.extend(%s, %s, make_interval(secs => %s))"

@@ -36,19 +36,17 @@ class _AsyncSource:
             raise TypeError("source must be a psycopg AsyncConnection, an AsyncConnectionPool"
                             " or an async connection factory")
 
-    async def run(self, key, sql, params, no_wait=False):
+    async def run(self, key, sql, params):
         """Run one statement in its own transaction and return its first row."""
         if self.lock is not None:
             async with self.lock:
-                return await self._run(key, sql, params, no_wait)
-        return await self._run(key, sql, params, no_wait)
+                return await self._run(key, sql, params)
+        return await self._run(key, sql, params)
 
-    async def _run(self, key, sql, params, no_wait):
+    async def _run(self, key, sql, params):
         async with self.acquire() as conn:
             with translated(key):
                 async with conn.transaction():
-                    if no_wait:
-                        await conn.execute(c.NO_WAIT_SQL)
                     cur = await conn.execute(sql, params)
                     return await cur.fetchone()
 
@@ -81,7 +79,7 @@ async def _retry_in_use(wait, attempt):
 async def aclaim(source, key, request, lease, wait):
     """Claim the key, backing off outside any connection while it is in flight, for at most `wait` seconds."""
     req = None if request is None else Jsonb(request)
-    return await _retry_in_use(wait, lambda: source.run(key, c.CLAIM_SQL, (key, req, lease), no_wait=True))
+    return await _retry_in_use(wait, lambda: source.run(key, c.CLAIM_SQL, (key, req, lease)))
 
 
 async def aclaim_held(source, key, request, lease, wait):

@@ -37,12 +37,10 @@ class _Source:
         else:
             raise TypeError("source must be a psycopg Connection, a ConnectionPool or a connection factory")
 
-    def run(self, key, sql, params, no_wait=False):
+    def run(self, key, sql, params):
         """Run one statement in its own transaction and return its first row."""
         with self.lock, self.acquire() as conn, translated(key):
             with conn.transaction():
-                if no_wait:
-                    conn.execute(c.NO_WAIT_SQL)
                 return conn.execute(sql, params).fetchone()
 
 
@@ -53,7 +51,7 @@ def claim(source, key, request, lease, wait):
     req = None if request is None else Jsonb(request)
     while True:
         try:
-            return source.run(key, c.CLAIM_SQL, (key, req, lease), no_wait=True)
+            return source.run(key, c.CLAIM_SQL, (key, req, lease))
         except KeyInFlight as exc:
             pause = next(delays)
             if time.monotonic() + pause > deadline:
