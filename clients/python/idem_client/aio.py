@@ -8,7 +8,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from . import _common as c
-from .errors import KeyInFlight, StaleToken, translate
+from .errors import KeyInFlight, StaleToken, translated
 
 try:
     import psycopg_pool
@@ -36,26 +36,19 @@ class _AsyncSource:
             raise TypeError("source must be a psycopg AsyncConnection, an AsyncConnectionPool"
                             " or an async connection factory")
 
-    async def run(self, key, sql, params, no_wait=False):
+    async def run(self, key, sql, params):
         """Run one statement in its own transaction and return its first row."""
         if self.lock is not None:
             async with self.lock:
-                return await self._run(key, sql, params, no_wait)
-        return await self._run(key, sql, params, no_wait)
+                return await self._run(key, sql, params)
+        return await self._run(key, sql, params)
 
-    async def _run(self, key, sql, params, no_wait):
+    async def _run(self, key, sql, params):
         async with self.acquire() as conn:
-            try:
+            with translated(key):
                 async with conn.transaction():
-                    if no_wait:
-                        await conn.execute(c.NO_WAIT_SQL)
                     cur = await conn.execute(sql, params)
                     return await cur.fetchone()
-            except psycopg.Error as exc:
-                typed = translate(exc, key)
-                if typed is None:
-                    raise
-                raise typed from exc
 
 
 @contextlib.asynccontextmanager
@@ -67,20 +60,26 @@ async def _closing(factory):
         await conn.close()
 
 
-async def aclaim(source, key, request, lease, wait):
-    """Claim the key, backing off outside any connection while it is in flight, for at most `wait` seconds."""
+async def _retry_in_use(wait, attempt):
+    """Await `attempt()` again while it finds the key in use (IK409), pausing with backoff and holding
+    nothing in between, for at most `wait` seconds; then its KeyInFlight goes out with retry_after = 1."""
     deadline = time.monotonic() + wait
     delays = c.backoff_delays()
-    req = None if request is None else Jsonb(request)
     while True:
         try:
-            return await source.run(key, c.CLAIM_SQL, (key, req, lease), no_wait=True)
+            return await attempt()
         except KeyInFlight as exc:
             pause = next(delays)
             if time.monotonic() + pause > deadline:
                 exc.retry_after = 1
                 raise
             await asyncio.sleep(pause)
+
+
+async def aclaim(source, key, request, lease, wait):
+    """Claim the key, backing off outside any connection while it is in flight, for at most `wait` seconds."""
+    req = None if request is None else Jsonb(request)
+    return await _retry_in_use(wait, lambda: source.run(key, c.CLAIM_SQL, (key, req, lease)))
 
 
 async def aclaim_held(source, key, request, lease, wait):
@@ -92,38 +91,33 @@ async def aclaim_held(source, key, request, lease, wait):
     if source.shared:
         raise TypeError("mode 'transaction' needs a pool or a connection factory: it keeps a connection"
                         " for the whole of the work")
-    deadline = time.monotonic() + wait
-    delays = c.backoff_delays()
     req = None if request is None else Jsonb(request)
-    while True:
+
+    async def attempt():
         cm = source.acquire()
         conn = await cm.__aenter__()
         tx = conn.transaction()
         try:
-            await tx.__aenter__()
-            await conn.execute(c.HELD_SETTINGS_SQL, (str(max(1, round(lease * 1000))),))
-            row = await (await conn.execute(c.CLAIM_SQL, (key, req, lease))).fetchone()
+            with translated(key):
+                await tx.__aenter__()
+                cur = await conn.execute(c.CLAIM_HELD_SQL, (str(max(1, round(lease * 1000))), key, req, lease))
+                row = await cur.fetchone()
         except BaseException as exc:
+            # Give the connection back before any pause, so that the holder can finish on it.
             with contextlib.suppress(Exception):
                 await tx.__aexit__(type(exc), exc, None)
             with contextlib.suppress(Exception):
                 await cm.__aexit__(None, None, None)
-            typed = translate(exc, key) if isinstance(exc, psycopg.Error) else None
-            if not isinstance(typed, KeyInFlight):
-                if typed is not None:
-                    raise typed from exc
-                raise
-            pause = next(delays)
-            if time.monotonic() + pause > deadline:
-                typed.retry_after = 1
-                raise typed from exc
-            await asyncio.sleep(pause)
-            continue
-        if row[0] == "replay":
-            await tx.__aexit__(None, None, None)
-            await cm.__aexit__(None, None, None)
-            return row, None
+            raise
         return row, (cm, conn, tx)
+
+    row, held = await _retry_in_use(wait, attempt)
+    if row[0] == "replay":
+        cm, _, tx = held
+        await tx.__aexit__(None, None, None)
+        await cm.__aexit__(None, None, None)
+        return row, None
+    return row, held
 
 
 class AsyncStep:
@@ -166,13 +160,8 @@ class AsyncStep:
         value = c.as_json(outcome)
         await self._stop_heartbeat()
         conn = await self.connection()
-        try:
+        with translated(self.key):
             await conn.execute(c.COMPLETE_SQL, (self.key, self.token, Jsonb(value)))
-        except psycopg.Error as exc:
-            typed = translate(exc, self.key)
-            if typed is None:
-                raise
-            raise typed from exc
         tx, self._tx = self._tx, None
         await tx.__aexit__(None, None, None)
         self.completed = True
@@ -180,22 +169,30 @@ class AsyncStep:
         return value
 
     def _start_heartbeat(self):
+        """Beat every third of the lease until stopped, or until a beat finds the claim lost (`lost`)."""
         async def beat():
             while True:
                 await asyncio.sleep(self.lease / 3)
-                if self._source.shared and self._tx is not None:
-                    continue  # the shared connection is in the work's transaction
                 try:
-                    await self.extend()
-                except StaleToken as exc:
-                    self.lost = exc
-                    return
+                    await self._beat()
                 except asyncio.CancelledError:
                     raise
-                except Exception:  # a failed beat is retried at the next third of the lease
-                    continue
+                except Exception as exc:
+                    self.lost = exc
+                    return
 
         self._heartbeat = asyncio.ensure_future(beat())
+
+    async def _beat(self):
+        """Renew the lease; raises only when the claim is lost (StaleToken)."""
+        if self._source.shared and self._tx is not None:
+            return  # the shared connection is in the work's transaction
+        try:
+            await self.extend()
+        except StaleToken:
+            raise
+        except Exception:  # a failed beat is retried at the next third of the lease
+            return
 
     async def _stop_heartbeat(self):
         if self._heartbeat is not None:
@@ -261,19 +258,10 @@ class HeldAsyncStep(AsyncStep):
         raise RuntimeError("idem: checkpoint needs mode 'lease' (in mode 'transaction' nothing commits"
                            " before complete, so a crash would roll the checkpoint back)")
 
-    def _start_heartbeat(self):
-        async def beat():
-            while True:
-                await asyncio.sleep(self.lease / 3)
-                try:
-                    await self._conn.execute("SELECT 1")  # resets the server's idle timer
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # the connection is gone: complete will fail too
-                    self.lost = exc
-                    return
-
-        self._heartbeat = asyncio.ensure_future(beat())
+    async def _beat(self):
+        """Reset the server's idle timer of the held transaction; raises when the connection is gone,
+        since complete would fail on it too."""
+        await self._conn.execute("SELECT 1")
 
     async def _finish(self, exc):
         """Roll back whatever is still open: the claim goes with it, so there is nothing to release."""

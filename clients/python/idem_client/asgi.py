@@ -42,14 +42,19 @@ def fingerprint(method, path, body):
     return {"method": method, "path": path, "body": parsed}
 
 
+def _checked_mode(mode):
+    """The mode, refused at setup unless it is one the middleware knows."""
+    if mode not in ("lease", "transaction"):
+        raise ValueError(f"mode must be 'lease' or 'transaction', not {mode!r}")
+    return mode
+
+
 class RouteOptions:
     """How one route uses idempotency keys."""
 
     def __init__(self, enabled=True, required=True, release_on_5xx=True, lease=None, wait=None, heartbeat=True,
                  mode=None):
-        if mode not in (None, "lease", "transaction"):
-            raise ValueError(f"mode must be 'lease' or 'transaction', not {mode!r}")
-        self.mode = mode
+        self.mode = None if mode is None else _checked_mode(mode)
         self.enabled = enabled
         self.heartbeat = heartbeat
         self.required = required
@@ -66,9 +71,7 @@ class IdempotencyMiddleware:
     def __init__(self, app, source, *, lease=30.0, wait=5.0, methods=DEFAULT_METHODS,
                  replay_headers=DEFAULT_REPLAY_HEADERS, required=True, routes=None, key_prefix=None,
                  header="idempotency-key", mode="lease"):
-        if mode not in ("lease", "transaction"):
-            raise ValueError(f"mode must be 'lease' or 'transaction', not {mode!r}")
-        self.mode = mode
+        self.mode = _checked_mode(mode)
         self.app = app
         self.source = _AsyncSource(source)
         self.lease = lease

@@ -1,5 +1,7 @@
 """Typed exceptions for idem's IK SQLSTATEs, each with the HTTP status to answer."""
 
+import contextlib
+
 import psycopg
 
 
@@ -72,3 +74,17 @@ def translate(exc, key=None):
         return None
     diag = exc.diag
     return cls(diag.message_primary or str(exc), key=key, detail=diag.message_detail, cause=exc)
+
+
+@contextlib.contextmanager
+def translated(key):
+    """Raise the typed error in place of a psycopg error with an IK SQLSTATE, for the key at hand.
+
+    A plain `with` works around awaits too, so the sync and async halves share it."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        typed = translate(exc, key)
+        if typed is None:
+            raise
+        raise typed from exc

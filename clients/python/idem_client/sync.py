@@ -10,7 +10,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from . import _common as c
-from .errors import KeyInFlight, StaleToken, translate
+from .errors import KeyInFlight, StaleToken, translated
 
 try:
     import psycopg_pool
@@ -37,19 +37,11 @@ class _Source:
         else:
             raise TypeError("source must be a psycopg Connection, a ConnectionPool or a connection factory")
 
-    def run(self, key, sql, params, no_wait=False):
+    def run(self, key, sql, params):
         """Run one statement in its own transaction and return its first row."""
-        with self.lock, self.acquire() as conn:
-            try:
-                with conn.transaction():
-                    if no_wait:
-                        conn.execute(c.NO_WAIT_SQL)
-                    return conn.execute(sql, params).fetchone()
-            except psycopg.Error as exc:
-                typed = translate(exc, key)
-                if typed is None:
-                    raise
-                raise typed from exc
+        with self.lock, self.acquire() as conn, translated(key):
+            with conn.transaction():
+                return conn.execute(sql, params).fetchone()
 
 
 def claim(source, key, request, lease, wait):
@@ -59,7 +51,7 @@ def claim(source, key, request, lease, wait):
     req = None if request is None else Jsonb(request)
     while True:
         try:
-            return source.run(key, c.CLAIM_SQL, (key, req, lease), no_wait=True)
+            return source.run(key, c.CLAIM_SQL, (key, req, lease))
         except KeyInFlight as exc:
             pause = next(delays)
             if time.monotonic() + pause > deadline:
@@ -109,13 +101,8 @@ class Step:
         value = c.as_json(outcome)
         self._stop_heartbeat()
         conn = self.conn
-        try:
+        with translated(self.key):
             conn.execute(c.COMPLETE_SQL, (self.key, self.token, Jsonb(value)))
-        except psycopg.Error as exc:
-            typed = translate(exc, self.key)
-            if typed is None:
-                raise
-            raise typed from exc
         tx, self._tx = self._tx, None
         tx.__exit__(None, None, None)
         self.completed = True

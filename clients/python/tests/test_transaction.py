@@ -9,6 +9,7 @@ import psycopg
 import pytest
 
 from conftest import record
+from idem_client import KeyInFlight
 from idem_client.aio import _AsyncSource, aclaim_held
 from test_http import post
 
@@ -109,5 +110,31 @@ def test_one_shared_connection_is_refused(dsn):
                 await aclaim_held(_AsyncSource(conn), "shared-connection", None, 5, 1)
         finally:
             await conn.close()
+
+    asyncio.run(attempt())
+
+
+def test_held_claim_sets_no_wait_and_the_idle_timeout_for_its_transaction_only(dsn, key):
+    # The claim's one statement sets both (its lease, 2.5 s, in milliseconds); a second claim of the held
+    # key is refused at once; the settings end with the transaction.
+    async def attempt():
+        source = _AsyncSource(lambda: psycopg.AsyncConnection.connect(dsn))
+        row, held = await aclaim_held(source, key, None, 2.5, 1)
+        cm, conn, tx = held
+        try:
+            assert row[0] == "run"
+            started = time.monotonic()
+            with pytest.raises(KeyInFlight):
+                await aclaim_held(source, key, None, 2.5, 0)
+            assert time.monotonic() - started < 1
+            cur = await conn.execute("SELECT current_setting('idem.wait_timeout'),"
+                                     " current_setting('idle_in_transaction_session_timeout')")
+            assert await cur.fetchone() == ("0", "2500ms")
+        finally:
+            error = RuntimeError("roll back")
+            await tx.__aexit__(type(error), error, None)
+        cur = await conn.execute("SELECT current_setting('idle_in_transaction_session_timeout')")
+        assert (await cur.fetchone())[0] == "0"
+        await cm.__aexit__(None, None, None)
 
     asyncio.run(attempt())
