@@ -13,8 +13,9 @@
 // finish: it gives the connection back and tries again after a pause, up to
 // a bounded total wait.  A holder uses one connection at a time.
 //
-// The claim and the complete are sent as several statements in one
-// simple-protocol query (values as SQL literals), so each is one round trip.
+// The claim and the complete are one round trip each: prepared statements
+// sent as a pipeline, or, on a pool that cannot keep prepared statements,
+// several statements in one simple-protocol query (values as SQL literals).
 
 // SQLSTATEs of idem and the HTTP status each stands for.
 const HTTP_STATUS = { IK400: 400, IK409: 409, IK412: 409, IK422: 422, IK503: 503, IK508: 500 };
@@ -70,15 +71,21 @@ function literal(text) {
   return text.includes('\\') ? `E'${quoted.replaceAll('\\', '\\\\')}'` : `'${quoted}'`;
 }
 
-// The key as an SQL literal; NULL stays NULL (idem answers IK400).  A NUL
-// character cannot travel inside a query text, and no key may hold one.
-function keyLiteral(key) {
-  if (key == null) return 'NULL';
+// The key as text; null stays null (idem answers IK400).  A NUL character
+// can travel in neither a query text nor a parameter, and no key may hold one.
+function keyText(key) {
+  if (key == null) return null;
   const text = String(key);
   if (text.includes('\u0000')) {
     throw new InvalidKeyError({ code: 'IK400', message: 'idempotency key must not contain NUL characters' });
   }
-  return literal(text);
+  return text;
+}
+
+// The key as an SQL literal; NULL stays NULL.
+function keyLiteral(key) {
+  const text = keyText(key);
+  return text === null ? 'NULL' : literal(text);
 }
 
 const CLAIM_COLUMNS = 'state, token, outcome, recovery_point, recovery_data';
@@ -171,33 +178,149 @@ function releaseHolder(pool, conn, broken) {
   giveSlot(pool);
 }
 
+// The statements of every first call, prepared once per connection: a call
+// sends Bind and Execute for each statement of its round trip and one Sync
+// (a pipeline of the extended query protocol), and the server skips the
+// parsing, analysis and planning that the simple query protocol repeats for
+// every query.  The claim's settings are set_config calls in a FROM
+// subquery whose results the lease argument depends on, so no plan can
+// call the claim first; is_local makes them end with the transaction (mode
+// 'lease': the implicit one of the round trip).
+const STATEMENTS = {
+  begin: 'BEGIN',
+  commit: 'COMMIT',
+  claim: `SELECT ${CLAIM_COLUMNS} FROM (SELECT set_config('idem.wait_timeout', '0', true) AS no_wait) AS s,
+    LATERAL idem.claim($1, $2::jsonb, CASE WHEN s.no_wait IS NOT NULL THEN $3::interval END)`,
+  claim_held: `SELECT ${CLAIM_COLUMNS} FROM (SELECT set_config('idem.wait_timeout', '0', true) AS no_wait,
+    set_config('idle_in_transaction_session_timeout', $1, true) AS idle) AS s,
+    LATERAL idem.claim($2, $3::jsonb, CASE WHEN s.no_wait IS NOT NULL AND s.idle IS NOT NULL THEN $4::interval END)`,
+  complete: 'SELECT idem.complete($1, $2, $3::jsonb)',
+};
+// The names carry a version, to be raised with any change to a text above:
+// behind a pooler, connections may hold the statements of another version.
+const statementName = (step) => `idem_node1_${step}`;
+
+// A pooler that moves a client between server connections (pgbouncer in
+// transaction pooling before 1.21, or without max_prepared_statements)
+// loses prepared statements: the server then answers one of these
+// SQLSTATEs (no such statement, a duplicate, or a plan whose result type
+// changed under it, after ALTER EXTENSION UPDATE).  The pool is turned over
+// to the simple query protocol for good on the first of them.
+const LOST_STATEMENT = new Set(['26000', '42P05', '0A000']);
+const simpleProtocolPools = new WeakSet();
+const parsedOn = new WeakMap();
+
+// Whether a call on conn of pool sends prepared statements: node-postgres's
+// JavaScript client (the native one has no protocol-level access) on a pool
+// that has not lost any.
+const usesPrepared = (pool, conn) =>
+  !simpleProtocolPools.has(pool) && typeof conn.connection?.parse === 'function';
+
+// Note a lost prepared statement; true if err says one was lost.
+function noteLostStatement(pool, err) {
+  if (!LOST_STATEMENT.has(err?.code)) return false;
+  simpleProtocolPools.add(pool);
+  return true;
+}
+
+// One round trip of prepared statements, given to client.query as a
+// Submittable (the interface pg-cursor uses): steps are [statement,
+// values]; each statement is parsed on the connection's first use of it.
+// Resolves to the text fields of the last row returned, if any.
+class PreparedRoundTrip {
+  constructor(steps) {
+    this.steps = steps;
+    this.fields = undefined;
+    this.done = new Promise((resolve, reject) => {
+      this.callback = (err, fields) => (err ? reject(err) : resolve(fields));
+    });
+  }
+
+  submit(connection) {
+    let parsed = parsedOn.get(connection);
+    if (parsed === undefined) {
+      parsed = new Set();
+      parsedOn.set(connection, parsed);
+    }
+    connection.stream.cork?.();
+    try {
+      for (const [step, values] of this.steps) {
+        const name = statementName(step);
+        if (!parsed.has(name)) {
+          connection.parse({ name, text: STATEMENTS[step] });
+          parsed.add(name);
+        }
+        connection.bind({ statement: name, values });
+        connection.execute();
+      }
+      connection.sync();
+    } finally {
+      connection.stream.uncork?.();
+    }
+    return null;
+  }
+
+  handleDataRow(msg) {
+    this.fields = msg.fields;
+  }
+
+  handleReadyForQuery() {
+    this.callback(null, this.fields);
+  }
+
+  handleError(err) {
+    this.callback(err);
+  }
+
+  handleRowDescription() {}
+  handleCommandComplete() {}
+  handleEmptyQuery() {}
+  handlePortalSuspended() {}
+}
+
+async function sendPrepared(conn, steps) {
+  const roundTrip = new PreparedRoundTrip(steps);
+  conn.query(roundTrip);
+  return roundTrip.done;
+}
+
+const parseJson = (text) => (text == null ? null : JSON.parse(text));
+
 // Claim the key with idem.wait_timeout = 0, pausing outside the pool between
 // attempts.  'lease': in the implicit transaction of one query, committed
 // when it returns.  'transaction': after BEGIN, on a connection that is
 // returned with the claim uncommitted (unless it replays), with the
 // transaction's idle_in_transaction_session_timeout set to the lease, so
 // that a holder that vanishes without closing its connection frees the key
-// after a lease, as a lapsed lease would.  The settings are SET LOCAL, which
-// the server only parses, where a SELECT set_config() is also planned and
-// run: one statement less work per claim.
+// after a lease, as a lapsed lease would.  Prepared statements where the
+// pool keeps them (BEGIN and the claim, one round trip); else one
+// simple-protocol query, where the settings are SET LOCAL.
 async function claim(pool, key, requestText, leaseMs, waitMs, inTransaction) {
-  const call = `SELECT ${CLAIM_COLUMNS} FROM idem.claim(${keyLiteral(key)}, ${literal(requestText)}::jsonb, '${interval(leaseMs)}'::interval)`;
-  const text = inTransaction
-    ? `BEGIN; SET LOCAL idem.wait_timeout = 0; SET LOCAL idle_in_transaction_session_timeout = ${Math.round(leaseMs)}; ${call}`
-    : `SET LOCAL idem.wait_timeout = 0; ${call}`;
+  const idle = String(Math.round(leaseMs));
+  const steps = inTransaction
+    ? [['begin', []], ['claim_held', [idle, keyText(key), requestText, interval(leaseMs)]]]
+    : [['claim', [keyText(key), requestText, interval(leaseMs)]]];
   const backoff = new InUseBackoff(waitMs);
   for (;;) {
     const client = inTransaction ? await connectHolder(pool) : await pool.connect();
+    const prepared = usesPrepared(pool, client);
     let row;
     try {
-      const results = await client.query(text);
-      [row] = results[results.length - 1].rows;
+      if (prepared) {
+        const [state, token, outcome, recoveryPoint, recoveryData] = await sendPrepared(client, steps);
+        row = { state, token, outcome: parseJson(outcome), recovery_point: recoveryPoint, recovery_data: parseJson(recoveryData) };
+      } else {
+        const results = await client.query(simpleClaim(key, requestText, leaseMs, inTransaction));
+        [row] = results[results.length - 1].rows;
+      }
     } catch (err) {
       const broken = brokenBy(err);
       // An error ends the implicit transaction of 'lease' by itself.
       if (!broken && inTransaction) await client.query('ROLLBACK').catch(() => {});
       if (inTransaction) releaseHolder(pool, client, broken);
       else client.release(broken);
+      // Nothing ran: try again at once on the simple protocol.
+      if (prepared && noteLostStatement(pool, err)) continue;
       if (err.code !== 'IK409' || backoff.expired) {
         if (err.code === 'IK409') {
           throw new KeyInUseError(err, `idempotency key "${key}" is still in use after waiting ${waitMs} ms`, 1);
@@ -221,9 +344,28 @@ async function claim(pool, key, requestText, leaseMs, waitMs, inTransaction) {
   }
 }
 
-// The SQL that records outcomeText for the claim and commits, one round trip.
-const completeAndCommit = (key, token, outcomeText) =>
-  `SELECT idem.complete(${keyLiteral(key)}, ${token}, ${literal(outcomeText)}::jsonb); COMMIT`;
+// The claim as one simple-protocol query.
+function simpleClaim(key, requestText, leaseMs, inTransaction) {
+  const call = `SELECT ${CLAIM_COLUMNS} FROM idem.claim(${keyLiteral(key)}, ${literal(requestText)}::jsonb, '${interval(leaseMs)}'::interval)`;
+  return inTransaction
+    ? `BEGIN; SET LOCAL idem.wait_timeout = 0; SET LOCAL idle_in_transaction_session_timeout = ${Math.round(leaseMs)}; ${call}`
+    : `SET LOCAL idem.wait_timeout = 0; ${call}`;
+}
+
+// Record outcomeText for the claim and commit, in one round trip on conn,
+// whose transaction holds the claim or step.client's writes.
+async function completeAndCommit(pool, conn, key, tokenText, outcomeText) {
+  if (!usesPrepared(pool, conn)) {
+    await conn.query(`SELECT idem.complete(${keyLiteral(key)}, ${tokenText}, ${literal(outcomeText)}::jsonb); COMMIT`);
+    return;
+  }
+  try {
+    await sendPrepared(conn, [['complete', [keyText(key), tokenText, outcomeText]], ['commit', []]]);
+  } catch (err) {
+    noteLostStatement(pool, err);
+    throw err;
+  }
+}
 
 // Watch a checked-out connection: the server may end it between queries
 // (idle_in_transaction_session_timeout, pg_terminate_backend), and pg then
@@ -360,7 +502,7 @@ class Step extends Holder {
     const conn = await this._conn;
     let broken;
     try {
-      await conn.query(completeAndCommit(this.key, this._tokenText, outcomeText));
+      await completeAndCommit(this._pool, conn, this.key, this._tokenText, outcomeText);
     } catch (err) {
       broken = brokenBy(err);
       if (!broken) await conn.query('ROLLBACK').catch(() => {});
@@ -444,7 +586,7 @@ class TransactionStep extends Holder {
     clearInterval(this._timer);
     let broken;
     try {
-      await this._conn.query(completeAndCommit(this.key, this._tokenText, outcomeText));
+      await completeAndCommit(this._pool, this._conn, this.key, this._tokenText, outcomeText);
     } catch (err) {
       broken = brokenBy(err);
       if (!broken) broken = await this._conn.query('ROLLBACK').then(() => undefined, (e) => e);
