@@ -211,10 +211,11 @@ const simpleProtocolPools = new WeakSet();
 const parsedOn = new WeakMap();
 
 // Whether a call on conn of pool sends prepared statements: node-postgres's
-// JavaScript client (the native one has no protocol-level access) on a pool
-// that has not lost any.
+// JavaScript client (the native one has no protocol-level access), not in
+// its own pipeline mode (which refuses custom query classes), on a pool that
+// has not lost any.
 const usesPrepared = (pool, conn) =>
-  !simpleProtocolPools.has(pool) && typeof conn.connection?.parse === 'function';
+  !simpleProtocolPools.has(pool) && !conn.pipeline && typeof conn.connection?.parse === 'function';
 
 // Note a lost prepared statement; true if err says one was lost.
 function noteLostStatement(pool, err) {

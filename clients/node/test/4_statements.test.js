@@ -100,3 +100,26 @@ test('a pool whose connections already hold a statement of the same name falls b
     await taken.end();
   }
 });
+
+test('a pool of clients in node-postgres\'s pipeline mode (which refuses custom query classes) uses the simple protocol', async () => {
+  const piped = new pg.Pool({ ...targets.main, user: 'postgres', database: 'postgres', max: 2, pipeline: true });
+  piped.on('error', () => {});
+  try {
+    for (const mode of ['transaction', 'lease']) {
+      const key = freshKey(`piped-${mode}`);
+      let runs = 0;
+      let statements;
+      const fn = async (step) => {
+        runs++;
+        statements = await preparedOn(step);
+        return { mode };
+      };
+      assert.deepStrictEqual(await once(piped, { key, mode }, fn), { mode });
+      assert.deepStrictEqual(await onceDetailed(piped, { key, mode }, fn), { result: { mode }, replayed: true });
+      assert.equal(runs, 1);
+      assert.deepStrictEqual(statements, {});
+    }
+  } finally {
+    await piped.end();
+  }
+});
