@@ -3,7 +3,8 @@
 // requests per second, p50 and p99 latency, the ratio of the median rps to
 // redis's and to none's; then the goals of issue 24 (idem against redis:
 // replays >= 1.0x, first requests >= 0.8x), each PASS or MISS, with the
-// ratio of each round.
+// ratio of each round; with the variant idem-baseline (--baseline), idem's
+// rps over the baseline's in the same way.
 //
 //   node report.js runs.csv
 import { readFileSync } from 'node:fs';
@@ -15,7 +16,7 @@ const median = (xs) => {
   const s = [...xs].sort((a, b) => a - b);
   return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
 };
-const variants = ['none', 'redis', 'idem', 'idem-lease'].filter((v) => rows.some((r) => r.variant === v));
+const variants = ['none', 'redis', 'idem', 'idem-lease', 'idem-baseline'].filter((v) => rows.some((r) => r.variant === v));
 const modes = ['first', 'replay'].filter((m) => rows.some((r) => r.mode === m));
 const clientCounts = [...new Set(rows.map((r) => r.clients))].sort((a, b) => a - b);
 const rounds = new Set(rows.map((r) => r.round)).size;
@@ -35,11 +36,11 @@ for (const mode of modes) {
   }
 }
 
-// idem's rps over redis's in each round, in round order: how much the ratio moves.
-const perRound = (mode, clients, variant) => [...new Set(rows.map((r) => r.round))].map((round) => {
+// variant's rps over other's in each round, in round order: how much the ratio moves.
+const perRound = (mode, clients, variant, other = 'redis') => [...new Set(rows.map((r) => r.round))].map((round) => {
   const pick = (v) => rows.find((r) => r.round === round && r.mode === mode && r.clients === clients && r.variant === v);
   const a = pick(variant);
-  const b = pick('redis');
+  const b = pick(other);
   return a && b ? (a.rps / b.rps).toFixed(2) : '-';
 }).join(' ');
 
@@ -75,6 +76,17 @@ for (const [mode, goal] of [['replay', 1.0], ['first', 0.8]]) {
     const lease = med[`${mode}/${clients}/idem-lease`];
     const also = lease ? ` (mode 'lease': ${(lease.rps / r.rps).toFixed(2)}x)` : '';
     out.push(`  ${ratio >= goal ? 'PASS' : 'MISS'} ${mode} ${clients} client(s): ${ratio.toFixed(2)}x (goal >= ${goal.toFixed(1)}x)${also}; per round ${perRound(mode, clients, 'idem')}`);
+  }
+}
+if (variants.includes('idem-baseline')) {
+  out.push('');
+  out.push('this tree against the baseline, idem rps / idem-baseline rps (both in mode \'transaction\'):');
+  for (const mode of modes) {
+    for (const clients of clientCounts) {
+      const i = med[`${mode}/${clients}/idem`];
+      const b = med[`${mode}/${clients}/idem-baseline`];
+      if (i && b) out.push(`  ${mode} ${clients} client(s): ${(i.rps / b.rps).toFixed(2)}x; per round ${perRound(mode, clients, 'idem', 'idem-baseline')}`);
+    }
   }
 }
 console.log(out.join('\n'));

@@ -9,6 +9,10 @@
 //   node server.js idem-lease
 //                           the same in mode 'lease' (the claim commits
 //                           before the route runs, with a heartbeat)
+//   node server.js idem-baseline
+//                           idem's variant with the library in
+//                           IDEM_BASELINE_DIR (another commit's
+//                           clients/node: bench/http/run --baseline)
 //
 // POST /orders writes one row into bench_http.orders and answers 201 with it.
 // In none and redis the row is written with a plain pool query; in idem and
@@ -17,6 +21,7 @@
 // route's own body ran (a replay must not run it).  The PG* variables name the
 // database; POOL_MAX (default 10) sizes the pool of every variant alike.
 // Prints "listening PORT" once it listens on 127.0.0.1.
+import { pathToFileURL } from 'node:url';
 import express from 'express';
 import pg from 'pg';
 
@@ -61,13 +66,15 @@ if (variant === 'none') {
       throw err;
     }
   });
-} else if (variant === 'idem' || variant === 'idem-lease') {
-  const { idempotency } = await import('@idem/node/express');
-  const mode = variant === 'idem' ? 'transaction' : 'lease';
+} else if (variant === 'idem' || variant === 'idem-lease' || variant === 'idem-baseline') {
+  const { idempotency } = await import(variant === 'idem-baseline'
+    ? pathToFileURL(`${process.env.IDEM_BASELINE_DIR}/express.js`).href
+    : '@idem/node/express');
+  const mode = variant === 'idem-lease' ? 'lease' : 'transaction';
   app.post('/orders', idempotency(pool, { lease: 30000, wait: 5000, mode }),
     (req, res) => placeOrder((...a) => req.idem.client.query(...a), req, res));
 } else {
-  console.error(`usage: node server.js none|redis|idem|idem-lease (not ${variant})`);
+  console.error(`usage: node server.js none|redis|idem|idem-lease|idem-baseline (not ${variant})`);
   process.exit(2);
 }
 

@@ -202,11 +202,14 @@ const statementName = (step) => `idem_node1_${step}`;
 
 // A pooler that moves a client between server connections (pgbouncer in
 // transaction pooling before 1.21, or without max_prepared_statements)
-// loses prepared statements: the server then answers one of these
-// SQLSTATEs (no such statement, a duplicate, or a plan whose result type
-// changed under it, after ALTER EXTENSION UPDATE).  The pool is turned over
-// to the simple query protocol for good on the first of them.
-const LOST_STATEMENT = new Set(['26000', '42P05', '0A000']);
+// loses prepared statements, and so does DEALLOCATE: the server then says
+// there is no such statement (26000) or, where another client prepared one
+// of the same name, a duplicate (42P05).  A statement whose result type
+// changed under it (ALTER EXTENSION UPDATE) fails its revalidation (0A000,
+// told apart by the routine, whatever the server's language).  The pool is
+// turned over to the simple query protocol for good on the first of them.
+const lostStatement = (err) => err?.code === '26000' || err?.code === '42P05' ||
+  (err?.code === '0A000' && err.routine === 'RevalidateCachedQuery');
 const simpleProtocolPools = new WeakSet();
 const parsedOn = new WeakMap();
 
@@ -219,7 +222,7 @@ const usesPrepared = (pool, conn) =>
 
 // Note a lost prepared statement; true if err says one was lost.
 function noteLostStatement(pool, err) {
-  if (!LOST_STATEMENT.has(err?.code)) return false;
+  if (!lostStatement(err)) return false;
   simpleProtocolPools.add(pool);
   return true;
 }
@@ -279,12 +282,14 @@ class PreparedRoundTrip {
   handlePortalSuspended() {}
 }
 
+// Send steps on conn as one round trip of prepared statements.
 async function sendPrepared(conn, steps) {
   const roundTrip = new PreparedRoundTrip(steps);
   conn.query(roundTrip);
   return roundTrip.done;
 }
 
+// A jsonb column's text as a value; SQL NULL as null.
 const parseJson = (text) => (text == null ? null : JSON.parse(text));
 
 // Claim the key with idem.wait_timeout = 0, pausing outside the pool between
