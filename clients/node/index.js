@@ -211,7 +211,14 @@ const statementName = (step) => `idem_node1_${step}`;
 const lostStatement = (err) => err?.code === '26000' || err?.code === '42P05' ||
   (err?.code === '0A000' && err.routine === 'RevalidateCachedQuery');
 const simpleProtocolPools = new WeakSet();
-const parsedOn = new WeakMap();
+
+// The connections that have parsed idem's statements.  A connection parses
+// all of them at its first use, so that a Bind of any that succeeds shows
+// the server connection has the others too: a transaction begun with one
+// can end with the prepared complete, where an error would cost the work
+// done in it.  Every error that says a statement is lost thus comes at the
+// start of a transaction, before anything ran.
+const parsedOn = new WeakSet();
 
 // Whether a call on conn of pool sends prepared statements: node-postgres's
 // JavaScript client (the native one has no protocol-level access), not in
@@ -229,8 +236,7 @@ function noteLostStatement(pool, err) {
 
 // One round trip of prepared statements, given to client.query as a
 // Submittable (the interface pg-cursor uses): steps are [statement,
-// values]; each statement is parsed on the connection's first use of it.
-// Resolves to the text fields of the last row returned, if any.
+// values].  Resolves to the text fields of the last row returned, if any.
 class PreparedRoundTrip {
   constructor(steps) {
     this.steps = steps;
@@ -241,20 +247,14 @@ class PreparedRoundTrip {
   }
 
   submit(connection) {
-    let parsed = parsedOn.get(connection);
-    if (parsed === undefined) {
-      parsed = new Set();
-      parsedOn.set(connection, parsed);
-    }
     connection.stream.cork?.();
     try {
+      if (!parsedOn.has(connection)) {
+        for (const [step, text] of Object.entries(STATEMENTS)) connection.parse({ name: statementName(step), text });
+        parsedOn.add(connection);
+      }
       for (const [step, values] of this.steps) {
-        const name = statementName(step);
-        if (!parsed.has(name)) {
-          connection.parse({ name, text: STATEMENTS[step] });
-          parsed.add(name);
-        }
-        connection.bind({ statement: name, values });
+        connection.bind({ statement: statementName(step), values });
         connection.execute();
       }
       connection.sync();
@@ -346,7 +346,7 @@ async function claim(pool, key, requestText, leaseMs, waitMs, inTransaction) {
       client.query('ROLLBACK').then(() => releaseHolder(pool, client), (err) => releaseHolder(pool, client, err));
       return { row };
     }
-    return { row, client };
+    return { row, client, prepared };
   }
 }
 
@@ -358,10 +358,27 @@ function simpleClaim(key, requestText, leaseMs, inTransaction) {
     : `SET LOCAL idem.wait_timeout = 0; ${call}`;
 }
 
+// Open step.client's transaction on conn; true if it began with a prepared
+// statement (see parsedOn), false if on the simple protocol.
+async function begin(pool, conn) {
+  if (usesPrepared(pool, conn)) {
+    try {
+      await sendPrepared(conn, [['begin', []]]);
+      return true;
+    } catch (err) {
+      // Nothing ran, BEGIN included: begin again on the simple protocol.
+      if (!noteLostStatement(pool, err)) throw err;
+    }
+  }
+  await conn.query('BEGIN');
+  return false;
+}
+
 // Record outcomeText for the claim and commit, in one round trip on conn,
-// whose transaction holds the claim or step.client's writes.
-async function completeAndCommit(pool, conn, key, tokenText, outcomeText) {
-  if (!usesPrepared(pool, conn)) {
+// whose transaction holds the claim or step.client's writes; prepared
+// statements if the transaction began with one.
+async function completeAndCommit(pool, conn, prepared, key, tokenText, outcomeText) {
+  if (!prepared) {
     await conn.query(`SELECT idem.complete(${keyLiteral(key)}, ${tokenText}, ${literal(outcomeText)}::jsonb); COMMIT`);
     return;
   }
@@ -418,6 +435,7 @@ class Step extends Holder {
     this._pool = pool;
     this._tokenText = String(row.token);
     this._conn = null;
+    this._prepared = false;
     this._unwatch = null;
     this._beating = null;
     this._stopped = false;
@@ -438,7 +456,7 @@ class Step extends Holder {
         const conn = await connectHolder(this._pool);
         this._unwatch = watch(conn, (err) => this._abort(err));
         try {
-          await conn.query('BEGIN');
+          this._prepared = await begin(this._pool, conn);
         } catch (err) {
           this._giveBack(conn, err);
           throw err;
@@ -508,7 +526,7 @@ class Step extends Holder {
     const conn = await this._conn;
     let broken;
     try {
-      await completeAndCommit(this._pool, conn, this.key, this._tokenText, outcomeText);
+      await completeAndCommit(this._pool, conn, this._prepared, this.key, this._tokenText, outcomeText);
     } catch (err) {
       broken = brokenBy(err);
       if (!broken) await conn.query('ROLLBACK').catch(() => {});
@@ -543,10 +561,11 @@ class Step extends Holder {
 // take the key over while the transaction is open, so the heartbeat only
 // keeps the transaction from sitting idle for a whole lease.
 class TransactionStep extends Holder {
-  constructor(pool, conn, key, row, leaseMs, onHeartbeatError) {
+  constructor(pool, conn, prepared, key, row, leaseMs, onHeartbeatError) {
     super();
     this.key = key;
     this._pool = pool;
+    this._prepared = prepared;
     this.token = Number(row.token);
     this.recovery = row.recovery_point == null ? null : { point: row.recovery_point, data: row.recovery_data };
     this._conn = conn;
@@ -592,7 +611,7 @@ class TransactionStep extends Holder {
     clearInterval(this._timer);
     let broken;
     try {
-      await completeAndCommit(this._pool, this._conn, this.key, this._tokenText, outcomeText);
+      await completeAndCommit(this._pool, this._conn, this._prepared, this.key, this._tokenText, outcomeText);
     } catch (err) {
       broken = brokenBy(err);
       if (!broken) broken = await this._conn.query('ROLLBACK').then(() => undefined, (e) => e);
@@ -622,10 +641,10 @@ export async function onceDetailed(pool, options = {}, fn) {
   if (typeof fn !== 'function') throw new TypeError('idem: once(pool, options, fn) needs fn');
   if (!MODES.includes(mode)) throw new TypeError(`idem: mode must be 'lease' or 'transaction', not ${mode}`);
   const inTransaction = mode === 'transaction';
-  const { row, client } = await claim(pool, key, JSON.stringify(request ?? null), lease, wait, inTransaction);
+  const { row, client, prepared } = await claim(pool, key, JSON.stringify(request ?? null), lease, wait, inTransaction);
   if (row.state === 'replay') return { result: row.outcome, replayed: true };
   const step = inTransaction
-    ? new TransactionStep(pool, client, key, row, lease, onHeartbeatError)
+    ? new TransactionStep(pool, client, prepared, key, row, lease, onHeartbeatError)
     : new Step(pool, key, row, lease, onHeartbeatError);
   let result;
   try {

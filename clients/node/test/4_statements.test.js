@@ -33,17 +33,20 @@ test('a first call parses its statements once per connection and runs them prepa
       });
       assert.equal(result, i);
     }
-    // The first call parsed BEGIN and the claim; the complete and COMMIT came with its end.
-    assert.deepStrictEqual(seen[0].statements, { idem_node1_begin: 1, idem_node1_claim_held: 1 });
+    // The first call parsed all five; each ran as often as it was used.
+    assert.deepStrictEqual(seen[0].statements,
+      { idem_node1_begin: 1, idem_node1_claim: 0, idem_node1_claim_held: 1, idem_node1_commit: 0, idem_node1_complete: 0 });
     assert.deepStrictEqual(seen[2].statements,
-      { idem_node1_begin: 3, idem_node1_claim_held: 3, idem_node1_commit: 2, idem_node1_complete: 2 });
+      { idem_node1_begin: 3, idem_node1_claim: 0, idem_node1_claim_held: 3, idem_node1_commit: 2, idem_node1_complete: 2 });
     for (const { settings } of seen) assert.deepStrictEqual(settings, { wait: '0', idle: '7s' });
     assert.deepStrictEqual(await settingsOf(one), before);
 
     const key = freshKey('prepared-lease');
     let inside;
     await once(one, { key, mode: 'lease' }, async (step) => { inside = await preparedOn(step); });
+    // step.client's transaction began with the prepared BEGIN, after the lease claim.
     assert.equal(inside.idem_node1_claim, 1);
+    assert.equal(inside.idem_node1_begin, 4);
     assert.deepStrictEqual(await settingsOf(one), before);
     assert.equal((await onceDetailed(one, { key, mode: 'lease' }, async () => 'ran')).replayed, true);
   } finally {
@@ -78,6 +81,25 @@ test('a prepared statement lost under the pool (DEALLOCATE ALL) turns it to the 
       if (mode === 'transaction') assert.deepStrictEqual(settings, { wait: '0', idle: '9s' });
       assert.deepStrictEqual(await settingsOf(one), before);
     }
+  } finally {
+    await one.end();
+  }
+});
+
+test('[lease] statements lost between the claim and step.client\'s first query: its transaction begins on the simple protocol, and the call completes', async () => {
+  const one = makePool('main', 1);
+  try {
+    const key = freshKey('lost-in-fn');
+    let runs = 0;
+    const fn = async (step) => {
+      runs++;
+      await one.query('DEALLOCATE ALL');   // the pool's one connection, not yet step.client's
+      const { rows: [r] } = await step.client.query('SELECT 41 + 1 AS n');
+      return r.n;
+    };
+    assert.equal(await once(one, { key, mode: 'lease' }, fn), 42);
+    assert.deepStrictEqual(await onceDetailed(one, { key, mode: 'lease' }, fn), { result: 42, replayed: true });
+    assert.equal(runs, 1);
   } finally {
     await one.end();
   }
