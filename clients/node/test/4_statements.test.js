@@ -123,6 +123,39 @@ test('a pool whose connections already hold a statement of the same name falls b
   }
 });
 
+test('a prepared claim whose result type changed under it (as after an ALTER EXTENSION UPDATE that changes it) turns the pool to the simple protocol; the call still runs once', async () => {
+  const db = `idem_retype_${process.pid}`;
+  await main.query(`CREATE DATABASE ${db}`);
+  const scratch = new pg.Pool({ ...targets.main, user: 'postgres', database: db, max: 1 });
+  scratch.on('error', () => {});
+  try {
+    await scratch.query('CREATE EXTENSION idem');
+    await once(scratch, { key: freshKey('retype-before'), mode: 'transaction' }, async () => 'prepared');
+    // idem.claim's token becomes numeric: the prepared claim's result type changes.
+    await scratch.query(`ALTER FUNCTION idem.claim(text, jsonb, interval) RENAME TO claim_bigint;
+      CREATE FUNCTION idem.claim(key text, request jsonb, lease interval, OUT state text, OUT token numeric,
+                                 OUT outcome jsonb, OUT recovery_point text, OUT recovery_data jsonb)
+        LANGUAGE sql AS 'SELECT c.state, c.token::numeric, c.outcome, c.recovery_point, c.recovery_data
+                           FROM idem.claim_bigint(key, request, lease) AS c'`);
+    const key = freshKey('retype-after');
+    let runs = 0;
+    let statements;
+    const fn = async (step) => {
+      runs++;
+      statements = await preparedOn(step);
+      return runs;
+    };
+    assert.equal(await once(scratch, { key, mode: 'transaction' }, fn), 1);
+    assert.deepStrictEqual(await onceDetailed(scratch, { key, mode: 'transaction' }, fn), { result: 1, replayed: true });
+    assert.equal(runs, 1);
+    // Still there, but the pool no longer runs them: the claim went on the simple protocol.
+    assert.equal(statements.idem_node1_claim_held, 1);
+  } finally {
+    await scratch.end();
+    await main.query(`DROP DATABASE ${db} WITH (FORCE)`);
+  }
+});
+
 test('a pool of clients in node-postgres\'s pipeline mode (which refuses custom query classes) uses the simple protocol', async () => {
   const piped = new pg.Pool({ ...targets.main, user: 'postgres', database: 'postgres', max: 2, pipeline: true });
   piped.on('error', () => {});
