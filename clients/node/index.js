@@ -208,8 +208,6 @@ const statementName = (step) => `idem_node1_${step}`;
 // changed under it (ALTER EXTENSION UPDATE) fails its revalidation (0A000,
 // told apart by the routine, whatever the server's language).  The pool is
 // turned over to the simple query protocol for good on the first of them.
-const lostStatement = (err) => err?.code === '26000' || err?.code === '42P05' ||
-  (err?.code === '0A000' && err.routine === 'RevalidateCachedQuery');
 const simpleProtocolPools = new WeakSet();
 
 // The connections that have parsed idem's statements.  A connection parses
@@ -229,9 +227,10 @@ const usesPrepared = (pool, conn) =>
 
 // Note a lost prepared statement; true if err says one was lost.
 function noteLostStatement(pool, err) {
-  if (!lostStatement(err)) return false;
-  simpleProtocolPools.add(pool);
-  return true;
+  const lost = err?.code === '26000' || err?.code === '42P05' ||
+    (err?.code === '0A000' && err.routine === 'RevalidateCachedQuery');
+  if (lost) simpleProtocolPools.add(pool);
+  return lost;
 }
 
 // One round trip of prepared statements, given to client.query as a

@@ -4,8 +4,7 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { once, onceDetailed } from '../index.js';
-import pg from 'pg';
-import { makePool, freshKey, targets } from './helpers.js';
+import { makePool, freshKey } from './helpers.js';
 
 const main = makePool('main', 10);
 after(() => main.end());
@@ -106,8 +105,7 @@ test('[lease] statements lost between the claim and step.client\'s first query: 
 });
 
 test('a pool whose connections already hold a statement of the same name falls back at its first call, which still runs once', async () => {
-  const taken = new pg.Pool({ ...targets.main, user: 'postgres', database: 'postgres', max: 2 });
-  taken.on('error', () => {});
+  const taken = makePool('main', 2);
   taken.on('connect', (client) => client.query('PREPARE idem_node1_begin AS SELECT 1').catch(() => {}));
   try {
     const key = freshKey('taken');
@@ -126,8 +124,7 @@ test('a pool whose connections already hold a statement of the same name falls b
 test('a prepared claim whose result type changed under it (as after an ALTER EXTENSION UPDATE that changes it) turns the pool to the simple protocol; the call still runs once', async () => {
   const db = `idem_retype_${process.pid}`;
   await main.query(`CREATE DATABASE ${db}`);
-  const scratch = new pg.Pool({ ...targets.main, user: 'postgres', database: db, max: 1 });
-  scratch.on('error', () => {});
+  const scratch = makePool('main', 1, { database: db });
   try {
     await scratch.query('CREATE EXTENSION idem');
     await once(scratch, { key: freshKey('retype-before'), mode: 'transaction' }, async () => 'prepared');
@@ -157,8 +154,7 @@ test('a prepared claim whose result type changed under it (as after an ALTER EXT
 });
 
 test('a pool of clients in node-postgres\'s pipeline mode (which refuses custom query classes) uses the simple protocol', async () => {
-  const piped = new pg.Pool({ ...targets.main, user: 'postgres', database: 'postgres', max: 2, pipeline: true });
-  piped.on('error', () => {});
+  const piped = makePool('main', 2, { pipeline: true });
   try {
     for (const mode of ['transaction', 'lease']) {
       const key = freshKey(`piped-${mode}`);

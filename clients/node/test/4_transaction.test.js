@@ -7,8 +7,7 @@ import assert from 'node:assert/strict';
 import { fileURLToPath } from 'node:url';
 import { once, onceDetailed, InvalidKeyError, RequestMismatchError } from '../index.js';
 import { idempotency } from '../express.js';
-import pg from 'pg';
-import { makePool, freshKey, listen, post, sleep, start, targets } from './helpers.js';
+import { makePool, freshKey, listen, post, sleep, start } from './helpers.js';
 import { makeApp } from './app.js';
 
 const appJs = fileURLToPath(new URL('./app.js', import.meta.url));
@@ -149,8 +148,7 @@ test('[transaction] a replay or a refused claim leaves no transaction open on th
 });
 
 test('keys and requests with quotes, backslashes and other characters travel intact in both modes, whatever standard_conforming_strings says; a NUL in a key is refused', async () => {
-  const legacy = new pg.Pool({ ...targets.main, user: 'postgres', database: 'postgres', max: 2, options: '-c standard_conforming_strings=off' });
-  legacy.on('error', () => {});
+  const legacy = makePool('main', 2, { options: '-c standard_conforming_strings=off' });
   // A statement of idem's name on every connection: this pool falls back to
   // the simple protocol, where the values travel as SQL literals.
   legacy.on('connect', (client) => client.query('PREPARE idem_node1_begin AS SELECT 1').catch(() => {}));

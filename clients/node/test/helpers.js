@@ -9,8 +9,8 @@ export const targets = {
   arbiter: { host: env.IDEM_TEST_ARBITER_HOST, port: Number(env.IDEM_TEST_ARBITER_PORT) },
 };
 
-export function makePool(target = 'main', max = 10) {
-  const pool = new pg.Pool({ ...targets[target], user: 'postgres', database: 'postgres', max });
+export function makePool(target = 'main', max = 10, settings = {}) {
+  const pool = new pg.Pool({ ...targets[target], user: 'postgres', database: 'postgres', max, ...settings });
   pool.on('error', () => {});
   return pool;
 }
